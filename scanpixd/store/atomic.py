@@ -1,0 +1,57 @@
+"""Crash-safe file writes and tolerant reads.
+
+A write goes to a temporary file in the same directory, is fsynced, then renamed over
+the target, so a reader sees the old file or the new one, never a torn one, even after
+``kill -9`` or a power cut.  Temporary files that a crash leaves behind carry
+:data:`TEMP_MARKER` in their name and are swept by the store.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+TEMP_MARKER = ".tmp-"
+
+
+def temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    """Atomically replace ``target`` with ``data`` (temp file, fsync, rename)."""
+    tmp = temp_name(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(target: Path, value: Any) -> None:
+    write_bytes(target, orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON value in ``path``, or ``None`` when it is missing, truncated or invalid."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

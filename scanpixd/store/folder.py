@@ -1,0 +1,234 @@
+"""One media folder's ``.scanpix/`` directory: records, thumbnails, previews, indexes.
+
+Layout (relative to the data directory, normally ``<folder>/.scanpix/``)::
+
+    FORMAT                      format version of this directory
+    records/<name>.json         one record per original (see scanpixd.record)
+    records/#<hash>.json        the same, for names too long to carry a suffix
+    thumbs/<hash>-<size>.webp   thumbnails, keyed by content hash (shared by copies)
+    previews/<hash>.webm        short video previews
+    index/                      derived ANN indexes (rebuildable from records)
+
+Everything is named relative to the folder or by content hash, so the directory stays
+valid when the folder is moved, renamed or synced to another machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from scanpixd.record import Record, decode_name
+from scanpixd.store import atomic
+from scanpixd.store.migrations import NewerFormat, migrate
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_NAME = ".scanpix"
+DIR_FORMAT = 1
+_MAX_NAME_BYTES = 240
+_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}(-[A-Z0-9]+)?")
+
+
+def record_file_name(name: str) -> str:
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > _MAX_NAME_BYTES:
+        return "#" + hashlib.blake2b(raw, digest_size=16).hexdigest() + ".json"
+    return name + ".json"
+
+
+class FolderStore:
+    """Reads and writes the data of one media folder.
+
+    ``data_dir`` is where writes go; ``read_dirs`` lists every place a record may be
+    found, the write location first (a read-only folder synced with its ``.scanpix/``
+    is read from the folder while new work goes to the cache directory).
+    """
+
+    def __init__(self, folder: Path, data_dir: Path, read_dirs: list[Path]):
+        self.folder = folder
+        self.data_dir = data_dir
+        self.read_dirs = read_dirs
+
+    # -- paths ---------------------------------------------------------------------
+    def _sub(self, kind: str) -> Path:
+        return self.data_dir / kind
+
+    def record_path(self, name: str) -> Path:
+        return self._sub("records") / record_file_name(name)
+
+    def asset_path(self, file_name: str, kind: str = "thumbs") -> Path:
+        """Absolute path of a thumbnail or preview that a record names, wherever it lies."""
+        for base in self.read_dirs:
+            candidate = base / kind / file_name
+            if candidate.exists():
+                return candidate
+        return self._sub(kind) / file_name
+
+    def index_dir(self) -> Path:
+        return self._sub("index")
+
+    def exists(self) -> bool:
+        return any((d / "records").is_dir() for d in self.read_dirs)
+
+    # -- records -------------------------------------------------------------------
+    def read(self, name: str) -> Record | None:
+        """The record of ``name``, or ``None`` when missing or unreadable (it is redone)."""
+        file_name = record_file_name(name)
+        for base in self.read_dirs:
+            record = _load_record(base / "records" / file_name)
+            if record is not None and decode_name(record) == name:
+                return record
+        return None
+
+    def records(self) -> dict[str, Record]:
+        """Every valid record of this folder, by file name; sync conflicts resolved."""
+        found: dict[str, Record] = {}
+        for base in reversed(self.read_dirs):  # the write location wins
+            for record in self._scan_records(base / "records"):
+                found[decode_name(record)] = record
+        return found
+
+    def _scan_records(self, directory: Path) -> Iterator[Record]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return
+        conflicts: list[os.DirEntry[str]] = []
+        by_file: dict[str, Record] = {}
+        for entry in entries:
+            if not entry.name.endswith(".json") or atomic.is_temp_name(entry.name):
+                continue
+            if _CONFLICT.search(entry.name):
+                conflicts.append(entry)
+                continue
+            record = _load_record(Path(entry.path))
+            if record is not None:
+                by_file[entry.name] = record
+        for entry in conflicts:
+            self._resolve_conflict(directory, entry, by_file)
+        yield from by_file.values()
+
+    def _resolve_conflict(
+        self, directory: Path, entry: os.DirEntry[str], by_file: dict[str, Record]
+    ) -> None:
+        """Keep whichever copy describes the original as it is now; drop the other."""
+        base_name = _CONFLICT.sub("", entry.name)
+        theirs = _load_record(Path(entry.path))
+        ours = by_file.get(base_name)
+        if theirs is not None and _better(theirs, ours, self.folder):
+            by_file[base_name] = theirs
+            if directory.parent == self.data_dir:
+                with contextlib.suppress(OSError):
+                    atomic.write_json(directory / base_name, theirs)
+        if directory.parent == self.data_dir:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+    def write(self, record: Record) -> None:
+        path = self.record_path(decode_name(record))
+        self._ensure_dirs()
+        atomic.write_json(path, record)
+
+    def remove(self, name: str, live_hashes: set[str] | None = None) -> Record | None:
+        """Delete the record of ``name`` and any asset no other record shares.
+
+        ``live_hashes`` (content hashes of the records that stay) saves a folder scan
+        when many files of one folder are removed at once.
+        """
+        record = self.read(name)
+        with contextlib.suppress(FileNotFoundError):
+            self.record_path(name).unlink()
+        if record is not None:
+            if live_hashes is None:
+                live_hashes = {str(r.get("hash")) for r in self.records().values()}
+            if record.get("hash") not in live_hashes:
+                self.remove_assets(record)
+        return record
+
+    # -- assets --------------------------------------------------------------------
+    def write_asset(self, file_name: str, data: bytes, kind: str = "thumbs") -> None:
+        self._ensure_dirs()
+        atomic.write_bytes(self._sub(kind) / file_name, data)
+
+    def has_asset(self, file_name: str, kind: str = "thumbs") -> bool:
+        return any((base / kind / file_name).exists() for base in self.read_dirs)
+
+    def remove_assets(self, record: Record) -> None:
+        for kind, names in _assets_of(record):
+            for file_name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._sub(kind) / file_name).unlink()
+
+    def sweep(self, live: dict[str, Record]) -> int:
+        """Delete crash leftovers and assets no live record names; returns files removed."""
+        wanted = {(kind, n) for rec in live.values() for kind, names in _assets_of(rec) for n in names}
+        removed = 0
+        for kind in ("records", "thumbs", "previews", "index"):
+            directory = self._sub(kind)
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                stale = atomic.is_temp_name(entry.name)
+                if kind in ("thumbs", "previews"):
+                    stale = stale or (kind, entry.name) not in wanted
+                if stale:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
+
+    def _ensure_dirs(self) -> None:
+        if (self.data_dir / "thumbs").is_dir():
+            return
+        for kind in ("records", "thumbs", "previews", "index"):
+            (self.data_dir / kind).mkdir(parents=True, exist_ok=True)
+        format_file = self.data_dir / "FORMAT"
+        if not format_file.exists():
+            atomic.write_bytes(format_file, f"{DIR_FORMAT}\n".encode())
+
+
+def _assets_of(record: Record) -> Iterable[tuple[str, list[str]]]:
+    thumbs = record.get("thumbs")
+    if isinstance(thumbs, dict):
+        yield "thumbs", [str(v) for v in thumbs.values() if isinstance(v, str)]
+    preview = record.get("preview")
+    if isinstance(preview, dict):
+        yield "previews", [str(v) for v in preview.values() if isinstance(v, str)]
+
+
+def _load_record(path: Path) -> Record | None:
+    data = atomic.read_json(path)
+    if not isinstance(data, dict) or "name" not in data or "hash" not in data:
+        return None
+    try:
+        return migrate(data)
+    except NewerFormat:
+        log.warning("%s was written by a newer scanpixd; leaving it alone", path)
+        return None
+    except (ValueError, KeyError):
+        return None
+
+
+def _better(candidate: Record, current: Record | None, folder: Path) -> bool:
+    """Whether a conflict copy should replace the current record of the same file."""
+    if current is None:
+        return True
+    try:
+        st = os.stat(folder / decode_name(candidate))
+    except OSError:
+        return False
+
+    def matches(r: Record) -> bool:
+        return r.get("size") == st.st_size and r.get("mtime_ns") == st.st_mtime_ns
+
+    if matches(candidate) != matches(current):
+        return matches(candidate)
+    return len(candidate.get("stages", {})) > len(current.get("stages", {}))
