@@ -87,6 +87,8 @@ class FaceSettings:
     max_size: int = 1024
     threshold: float = 0.5  # encoding distance under which two faces are one person
     video_frames: int = 6
+    idle_unload: float = 600.0  # seconds without use before the models are unloaded (0: never)
+    model_dir: str = ""  # folder with the dlib .dat files; empty: the face_recognition_models package
 
 
 @dataclass

@@ -1,0 +1,3 @@
+from scanpixd.cli.daemon_cli import main
+
+main()

@@ -1,0 +1,251 @@
+"""Runs the pipeline over the work a reconcile found, tier by tier.
+
+Cheap stages run first for every file (several worker threads; exiftool metadata is
+fetched a batch at a time by one long-lived process while the workers decode), so a
+big import is browsable quickly; video previews follow, then the model stages in
+batches.  Each record is written atomically as soon as a tier is done with it, so an
+interrupted run loses at most the files in flight and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanpixd.config import Settings
+from scanpixd.errors import ModelUnavailable
+from scanpixd.pipeline import Job, Services, Stage, Tier, build_stages, pending, run_stages
+from scanpixd.pipeline.base import run_stage
+from scanpixd.record import Record, new_record
+from scanpixd.scan import Plan, WorkItem, reconcile
+from scanpixd.store import FolderStore, Store
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class Summary:
+    indexed: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    copied: int = 0
+    removed: int = 0
+    failed: int = 0
+    updated: int = 0  # files whose newer stages ran (model work, a stage version bump)
+    offline_roots: list[Path] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # stage -> why it could not run
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def did_work(self) -> bool:
+        return bool(self.indexed or self.moved or self.copied or self.removed or self.updated)
+
+    def line(self) -> str:
+        parts = [f"indexed {self.indexed}", f"unchanged {self.unchanged}", f"moved {self.moved}",
+                 f"removed {self.removed}", f"failed {self.failed}"]
+        if self.copied:
+            parts.insert(3, f"copied {self.copied}")
+        if self.updated:
+            parts.insert(1, f"updated {self.updated}")
+        text = ", ".join(parts) + f" in {self.seconds:.1f} s"
+        if not self.did_work and not self.interrupted:
+            text = "nothing to do, " + text
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "indexed": self.indexed, "unchanged": self.unchanged, "moved": self.moved,
+            "copied": self.copied, "removed": self.removed, "failed": self.failed,
+            "updated": self.updated, "offline_roots": [str(r) for r in self.offline_roots],
+            "unavailable": self.unavailable, "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Indexer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        services: Services | None = None,
+        stages: list[Stage] | None = None,
+        jobs: int | None = None,
+        progress: ProgressFn | None = None,
+        stop: threading.Event | None = None,
+    ):
+        self.settings = settings
+        self.store = store or Store(settings)
+        self.services = services or Services(settings)
+        self.stages = stages if stages is not None else build_stages(self.services)
+        self.jobs = max(1, jobs or settings.jobs)
+        self.progress = progress or (lambda phase, done, total: None)
+        self.stop = stop or threading.Event()
+
+    # -- whole runs -----------------------------------------------------------------
+    def index(self, roots: Sequence[Path]) -> Summary:
+        started = time.monotonic()
+        summary = Summary()
+        plan = reconcile(list(roots), self.settings, self.store, self.stages, hash_workers=self.jobs)
+        summary.unchanged, summary.moved = plan.unchanged, plan.moved
+        summary.copied, summary.removed = plan.copied, plan.removed
+        summary.offline_roots = plan.offline_roots
+        summary.failed += len(plan.unreadable)
+        for path, reason in plan.unreadable:
+            log.warning("%s: cannot read: %s", path, reason)
+        self.process(plan.work, summary)
+        if not self.stop.is_set():
+            self.finish(plan)
+        summary.interrupted = self.stop.is_set()
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def process(self, items: Sequence[WorkItem], summary: Summary) -> None:
+        """Every tier for ``items``: cheap first for all, then previews, then models."""
+        self._cheap_tier(items, summary)
+        summary.updated += sum(1 for item in items if item.reason == "stale")
+        keys = [(item.folder, item.name) for item in items]
+        if not self.stop.is_set():
+            self._later_tier(keys, Tier.BACKGROUND, summary)
+        if not self.stop.is_set():
+            self._later_tier(keys, Tier.MODEL, summary)
+
+    def finish(self, plan: Plan) -> None:
+        """Library-wide passes after a run: drop orphaned files in each data directory."""
+        for folder in plan.folders:
+            if folder.exists():
+                folder.sweep(folder.records())
+
+    # -- cheap tier -----------------------------------------------------------------
+    def _cheap_tier(self, items: Sequence[WorkItem], summary: Summary) -> None:
+        todo = [i for i in items if i.reason != "stale" or self._pending(i.record, Tier.CHEAP)]
+        total, done = len(todo), 0
+        batch_size = max(1, self.settings.exiftool.batch_size)
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as pool:
+            in_flight: list[Future[Record | None]] = []
+            for batch in _chunks(todo, batch_size):
+                if self.stop.is_set():
+                    break
+                metadata = self._prefetch_metadata(batch)
+                for item in batch:
+                    in_flight.append(pool.submit(self._cheap_one, item, metadata.get(item.path)))
+                while len(in_flight) > 2 * batch_size:
+                    done += self._collect(in_flight.pop(0), summary, total, done)
+            for future in in_flight:
+                done += self._collect(future, summary, total, done)
+
+    def _collect(self, future: Future[Record | None], summary: Summary, total: int, done: int) -> int:
+        record = future.result()
+        if record is not None:
+            if record.get("status") == "failed":
+                summary.failed += 1
+            else:
+                summary.indexed += 1
+        self.progress("index", done + 1, total)
+        return 1
+
+    def _prefetch_metadata(self, batch: list[WorkItem]) -> dict[Path, dict[str, Any]]:
+        needs = [i.path for i in batch if i.reason != "stale" or self._stage_pending(i.record, "metadata")]
+        if not needs:
+            return {}
+        try:
+            return self.services.exiftool.metadata(needs)
+        except Exception as exc:  # exiftool missing or broken: the stage falls back to Pillow
+            log.debug("metadata prefetch failed: %s", exc)
+            return {}
+
+    def _cheap_one(self, item: WorkItem, metadata: dict[str, Any] | None) -> Record | None:
+        if self.stop.is_set():
+            return None
+        if item.reason == "stale" and item.record is not None:
+            record = item.record
+        else:
+            assert item.hash is not None
+            record = new_record(item.name, item.size, item.mtime_ns, item.hash)
+        job = Job(item.path, item.folder, record, metadata=metadata)
+        run_stages(self.stages, job, Tier.CHEAP)
+        try:
+            item.folder.write(record)
+        except OSError as exc:
+            log.error("%s: cannot write its record: %s", item.path, exc.strerror or exc)
+            return None
+        if item.record is None or item.reason != "stale":
+            log.info("indexed %s", item.path)
+        return record
+
+    # -- background and model tiers ------------------------------------------------------
+    def _later_tier(self, keys: Sequence[tuple[FolderStore, str]], tier: Tier, summary: Summary) -> None:
+        stages = [s for s in self.stages if s.tier == tier]
+        if not stages:
+            return
+        todo = [k for k in keys if self._read_pending(k, tier)]
+        batch_size = max(1, self.settings.clip.batch_size if tier == Tier.MODEL else self.jobs)
+        done = 0
+        for batch in _chunks(todo, batch_size):
+            if self.stop.is_set():
+                return
+            jobs = [job for job in (self._load_job(k) for k in batch) if job is not None]
+            for stage in stages:
+                self._run_stage_batch(stage, jobs, summary)
+            for job in jobs:
+                job.folder.write(job.record)
+            done += len(batch)
+            self.progress(tier.name.lower(), done, len(todo))
+
+    def _run_stage_batch(self, stage: Stage, jobs: list[Job], summary: Summary) -> None:
+        if stage.name in summary.unavailable or not stage.is_ready():
+            return
+        todo = [j for j in jobs if stage in pending([stage], j.record)]
+        if not todo:
+            return
+        try:
+            if stage.tier == Tier.MODEL:
+                stage.run_batch(todo)
+            else:
+                with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                    list(pool.map(lambda j: run_stage(stage, j), todo))
+        except ModelUnavailable as exc:
+            summary.unavailable[stage.name] = str(exc)
+            log.warning("%s is unavailable: %s", stage.name, exc)
+
+    def _load_job(self, key: tuple[FolderStore, str]) -> Job | None:
+        folder, name = key
+        record = folder.read(name)
+        if record is None or record.get("status") == "failed":
+            return None
+        return Job(folder.folder / name, folder, record)
+
+    def _read_pending(self, key: tuple[FolderStore, str], tier: Tier) -> bool:
+        record = key[0].read(key[1])
+        return record is not None and self._pending(record, tier)
+
+    def _pending(self, record: Record | None, tier: Tier) -> bool:
+        if record is None:
+            return True
+        ready = [s for s in self.stages if s.tier == tier and s.is_ready()]
+        return bool(pending(ready, record))
+
+    def _stage_pending(self, record: Record | None, name: str) -> bool:
+        return record is None or bool(pending([s for s in self.stages if s.name == name], record))
+
+    def close(self) -> None:
+        self.services.close()
+
+
+def _chunks(items: Sequence[Any] | Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,227 @@
+"""Face detection, landmarks and 128-d identity encodings with dlib.
+
+The model files are the ones the ``face_recognition`` project trained and ships in the
+``face_recognition_models`` package (HOG needs none; the CNN detector, the 68-point
+shape predictor and the ResNet encoder are ``.dat`` files).  We use dlib directly: the
+``face_recognition`` package itself pins a source-built ``dlib`` and adds nothing we need.
+``face_recognition_models`` is located without importing it, because its ``__init__``
+needs ``pkg_resources``, which current setuptools no longer ships.
+
+Each detected face carries, besides its encoding, the cues a best-shot picker wants:
+eye aspect ratio (open eyes), mouth-to-jaw width ratio (smile), Laplacian variance of
+the face crop (sharpness) and the face's share of the picture (size).  Boxes are
+fractions of the picture, so they hold for the original and for every thumbnail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from scanpixd.config import FaceSettings
+from scanpixd.errors import ModelUnavailable
+from scanpixd.models.base import LazyModel
+
+#: Identity of the encoder: encodings are comparable only between equal ids.
+ENCODER_ID = "dlib-resnet-v1"
+
+_LANDMARKS_FILE = "shape_predictor_68_face_landmarks.dat"
+_ENCODER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+_CNN_FILE = "mmod_human_face_detector.dat"
+
+#: Eye aspect ratio under which an eye counts as closed (Soukupová & Čech, 2016).
+EYES_CLOSED_BELOW = 0.2
+#: Mouth-to-jaw width ratio over which a face counts as smiling (measured on the corpus).
+SMILE_ABOVE = 0.45
+
+_SHARPNESS_SIDE = 128  # face crops are scaled to this square before measuring sharpness
+
+
+@dataclass
+class Face:
+    """One face found in a picture.
+
+    ``box`` is ``[top, right, bottom, left]`` as fractions (0..1) of the picture's height
+    and width; ``score`` the detector's confidence (HOG: SVM margin, CNN: MMOD confidence).
+    """
+
+    box: list[float]
+    score: float
+    encoding: np.ndarray
+    eyes_open: float
+    smile: float
+    sharpness: float
+    size: float
+
+    def quality(self) -> float:
+        """How good a shot of this person the face is (higher is better), for picking one.
+
+        Sharpness matters most, then size; closed eyes halve the value, a smile adds a
+        little.  Only comparisons between faces of one person are meaningful.
+        """
+        value = math.log1p(max(self.sharpness, 0.0)) * (1.0 + math.sqrt(max(self.size, 0.0)))
+        if self.eyes_open < EYES_CLOSED_BELOW:
+            value *= 0.5
+        if self.smile > SMILE_ABOVE:
+            value *= 1.1
+        return value
+
+
+@dataclass
+class _Loaded:
+    detector: Any
+    cnn: bool
+    predictor: Any
+    encoder: Any
+    shapes: Any  # dlib.full_object_detections, the container the batch encoder takes
+
+
+def model_directory(configured: str = "") -> Path:
+    """Where the ``.dat`` files live: ``faces.model_dir`` or the installed package."""
+    if configured:
+        return Path(configured).expanduser()
+    try:
+        spec = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "face models not found: install face_recognition_models "
+            "or set faces.model_dir to a folder holding its .dat files"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+class FaceModel(LazyModel):
+    """dlib face detector + landmarks + encoder, loaded on first use."""
+
+    label = "face"
+
+    def __init__(self, settings: FaceSettings):
+        super().__init__(idle_unload=settings.idle_unload)
+        self.settings = settings
+        self._infer = threading.Lock()  # dlib's detector and network keep per-call state
+
+    @property
+    def model_id(self) -> str:
+        """Names the encoder and detector, for the faces stage's version key."""
+        return f"{ENCODER_ID}/{self.settings.detector}"
+
+    def _load(self) -> _Loaded:
+        try:
+            import dlib
+        except ImportError as exc:
+            raise ModelUnavailable(f"dlib is not installed (pip install dlib-bin): {exc}") from exc
+        directory = model_directory(self.settings.model_dir)
+        needed = [_LANDMARKS_FILE, _ENCODER_FILE]
+        if self.settings.detector == "cnn":
+            needed.append(_CNN_FILE)
+        missing = [name for name in needed if not (directory / name).is_file()]
+        if missing:
+            raise ModelUnavailable(f"face model files missing in {directory}: {', '.join(missing)}")
+        cnn = self.settings.detector == "cnn"
+        detector = (
+            dlib.cnn_face_detection_model_v1(str(directory / _CNN_FILE))
+            if cnn else dlib.get_frontal_face_detector()
+        )
+        return _Loaded(
+            detector=detector,
+            cnn=cnn,
+            predictor=dlib.shape_predictor(str(directory / _LANDMARKS_FILE)),
+            encoder=dlib.face_recognition_model_v1(str(directory / _ENCODER_FILE)),
+            shapes=dlib.full_object_detections,
+        )
+
+    def detect(self, image: Image.Image) -> list[Face]:
+        """Every face in ``image``, left to right; raises ModelUnavailable without dlib."""
+        work = _prepared(image, self.settings.max_size)
+        pixels = np.array(work, dtype=np.uint8)
+        with self.session() as model, self._infer:
+            found = _detect(model, pixels, self.settings.upsample)
+            if not found:
+                return []
+            shapes = model.shapes()
+            for rect, _ in found:
+                shapes.append(model.predictor(pixels, rect))
+            encodings = model.encoder.compute_face_descriptor(pixels, shapes, 1)
+        gray = np.asarray(work.convert("L"), dtype=np.float32)
+        faces = [
+            _face(rect, score, shape, encoding, gray)
+            for (rect, score), shape, encoding in zip(found, shapes, encodings, strict=True)
+        ]
+        faces.sort(key=lambda f: (round(f.box[3], 3), f.box[0]))
+        return faces
+
+
+def _prepared(image: Image.Image, max_size: int) -> Image.Image:
+    work = image if image.mode == "RGB" else image.convert("RGB")
+    longest = max(work.size)
+    if max_size and longest > max_size:
+        scale = max_size / longest
+        size = (max(1, round(work.width * scale)), max(1, round(work.height * scale)))
+        work = work.resize(size, Image.Resampling.BILINEAR)
+    return work
+
+
+def _detect(model: _Loaded, pixels: np.ndarray, upsample: int) -> list[tuple[Any, float]]:
+    if model.cnn:
+        return [(d.rect, float(d.confidence)) for d in model.detector(pixels, upsample)]
+    rects, scores, _ = model.detector.run(pixels, upsample, 0.0)
+    return [(r, float(s)) for r, s in zip(rects, scores, strict=True)]
+
+
+def _face(rect: Any, score: float, shape: Any, encoding: Any, gray: np.ndarray) -> Face:
+    height, width = gray.shape
+    top, bottom = _clamp(rect.top(), height), _clamp(rect.bottom(), height)
+    left, right = _clamp(rect.left(), width), _clamp(rect.right(), width)
+    points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+    return Face(
+        box=[top / height, right / width, bottom / height, left / width],
+        score=score,
+        encoding=np.array(encoding, dtype=np.float32),
+        eyes_open=eye_aspect_ratio(points),
+        smile=smile_ratio(points),
+        sharpness=sharpness(gray[top:bottom, left:right]),
+        size=((bottom - top) * (right - left)) / float(height * width),
+    )
+
+
+def _clamp(value: int, limit: int) -> int:
+    return min(max(int(value), 0), limit)
+
+
+def eye_aspect_ratio(points: np.ndarray) -> float:
+    """Mean eye aspect ratio of both eyes from 68 landmarks (~0.3 open, < 0.2 closed)."""
+
+    def one(eye: np.ndarray) -> float:
+        vertical = np.linalg.norm(eye[1] - eye[5]) + np.linalg.norm(eye[2] - eye[4])
+        horizontal = np.linalg.norm(eye[0] - eye[3])
+        return float(vertical / (2.0 * horizontal)) if horizontal > 0 else 0.0
+
+    return (one(points[36:42]) + one(points[42:48])) / 2.0
+
+
+def smile_ratio(points: np.ndarray) -> float:
+    """Mouth width over jaw width from 68 landmarks: a smile widens the mouth."""
+    jaw = float(np.linalg.norm(points[16] - points[0]))
+    mouth = float(np.linalg.norm(points[54] - points[48]))
+    return mouth / jaw if jaw > 0 else 0.0
+
+
+def sharpness(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of a grey face crop scaled to a fixed square."""
+    if crop.size == 0 or min(crop.shape) < 3:
+        return 0.0
+    square = Image.fromarray(crop.astype(np.uint8)).resize(
+        (_SHARPNESS_SIDE, _SHARPNESS_SIDE), Image.Resampling.BILINEAR
+    )
+    a = np.asarray(square, dtype=np.float32)
+    lap = a[1:-1, :-2] + a[1:-1, 2:] + a[:-2, 1:-1] + a[2:, 1:-1] - 4.0 * a[1:-1, 1:-1]
+    return float(lap.var())
