@@ -56,8 +56,12 @@ def default_socket_path() -> Path:
 
 @dataclass
 class ThumbSettings:
-    sizes: list[int] = field(default_factory=lambda: [256, 1024])
-    quality: int = 80
+    sizes: list[int] = field(default_factory=lambda: [256, 1024])  # long side in px; never upscaled
+    quality: int = 80  # WebP quality of thumbnails (0-100)
+    method: int = 1  # WebP effort 0 (fastest) .. 6 (smallest files)
+    preview_seconds: float = 3.0  # length of a video's WebM preview
+    preview_size: int = 320  # long side of a video preview in px
+    preview_fps: float = 8.0  # frames per second of a video preview
 
 
 @dataclass
@@ -75,8 +79,11 @@ class ClipSettings:
     batch_size: int = 16
     threads: int = 0  # 0: torch's default (one per core)
     idle_unload: float = 600.0  # seconds without use before the model is unloaded
-    score_floor: float = 0.2
+    score_floor: float = 0.2  # text queries: cosine a photo needs to count as a match
     video_frames: int = 8
+    download: bool = True  # fetch a pretrained tag's weights once when not in the local cache
+    similar_floor: float = 0.5  # similar: queries: 0 = above the typical photo, 1 = identical only
+    ann_min: int = 20000  # vectors above which the library searches an HNSW index, not exactly
 
 
 @dataclass
@@ -99,8 +106,13 @@ class TimeSettings:
 
 @dataclass
 class DuplicateSettings:
+    """Duplicate, near-duplicate and burst grouping (thresholds: scanpixd.duplicates.PRESETS)."""
+
     preset: Literal["strict", "balanced", "loose"] = "balanced"
-    burst_window: float = 10.0  # seconds
+    burst_window: float = 10.0  # seconds between two frames of one burst
+    near_distance: int = 0  # pHash bits (of 256) for near-duplicates; 0: the preset's
+    burst_distance: int = 0  # pHash bits (of 256) for burst frames; 0: the preset's
+    clip_confirm: bool = True  # where CLIP vectors exist, CLIP must agree with the hashes
 
 
 @dataclass

@@ -110,13 +110,13 @@ class Indexer:
 
     def process(self, items: Sequence[WorkItem], summary: Summary) -> None:
         """Every tier for ``items``: cheap first for all, then previews, then models."""
-        self._cheap_tier(items, summary)
+        self.run_cheap(items, summary)
         summary.updated += sum(1 for item in items if item.reason == "stale")
         keys = [(item.folder, item.name) for item in items]
         if not self.stop.is_set():
-            self._later_tier(keys, Tier.BACKGROUND, summary)
+            self.run_later(keys, Tier.BACKGROUND, summary)
         if not self.stop.is_set():
-            self._later_tier(keys, Tier.MODEL, summary)
+            self.run_later(keys, Tier.MODEL, summary)
 
     def finish(self, plan: Plan) -> None:
         """Library-wide passes after a run: drop orphaned files in each data directory."""
@@ -125,7 +125,7 @@ class Indexer:
                 folder.sweep(folder.records())
 
     # -- cheap tier -----------------------------------------------------------------
-    def _cheap_tier(self, items: Sequence[WorkItem], summary: Summary) -> None:
+    def run_cheap(self, items: Sequence[WorkItem], summary: Summary) -> None:
         todo = [i for i in items if i.reason != "stale" or self._pending(i.record, Tier.CHEAP)]
         total, done = len(todo), 0
         batch_size = max(1, self.settings.exiftool.batch_size)
@@ -182,7 +182,7 @@ class Indexer:
         return record
 
     # -- background and model tiers ------------------------------------------------------
-    def _later_tier(self, keys: Sequence[tuple[FolderStore, str]], tier: Tier, summary: Summary) -> None:
+    def run_later(self, keys: Sequence[tuple[FolderStore, str]], tier: Tier, summary: Summary) -> None:
         stages = [s for s in self.stages if s.tier == tier]
         if not stages:
             return
@@ -196,7 +196,7 @@ class Indexer:
             for stage in stages:
                 self._run_stage_batch(stage, jobs, summary)
             for job in jobs:
-                job.folder.write(job.record)
+                job.folder.write_if_unchanged(job.record)
             done += len(batch)
             self.progress(tier.name.lower(), done, len(todo))
 

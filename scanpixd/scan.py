@@ -9,7 +9,6 @@ is new, was moved or renamed (results kept), or is only a touched copy.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 import os
@@ -22,56 +21,28 @@ from pathlib import Path
 from scanpixd.config import Settings
 from scanpixd.pipeline.base import Stage, Tier, pending
 from scanpixd.record import Record, encode_name
-from scanpixd.store import DATA_DIR_NAME, FolderStore, Store
-from scanpixd.store.atomic import is_temp_name
+from scanpixd.excludes import Excluder
+from scanpixd.store import FolderStore, Store
 
 log = logging.getLogger(__name__)
 
-ALWAYS_EXCLUDED_DIRS = frozenset({DATA_DIR_NAME, "@eaDir", ".thumbnails", "#recycle", "lost+found"})
 _HASH_CHUNK = 1 << 20
-
-
-class Excluder:
-    """Decides which names a walk or a watcher ignores; ``rel`` is relative to the root."""
-
-    def __init__(self, patterns: list[str]):
-        self.patterns = list(patterns)
-
-    def excluded_dir(self, name: str, rel: str = "") -> bool:
-        if name in ALWAYS_EXCLUDED_DIRS or name.startswith("."):
-            return True
-        return self._matches(name, rel)
-
-    def excluded_file(self, name: str, rel: str = "") -> bool:
-        if name.startswith(".") or is_temp_name(name):
-            return True
-        return self._matches(name, rel)
-
-    def excluded_path(self, path: Path, root: Path) -> bool:
-        """Whether any component of ``path`` (a file below ``root``) is excluded."""
-        try:
-            parts = path.relative_to(root).parts
-        except ValueError:
-            return True
-        for i, part in enumerate(parts[:-1]):
-            if self.excluded_dir(part, "/".join(parts[: i + 1])):
-                return True
-        return bool(parts) and self.excluded_file(parts[-1], "/".join(parts))
-
-    def _matches(self, name: str, rel: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) or (rel and fnmatch.fnmatchcase(rel, p))
-                   for p in self.patterns)
 
 
 @dataclass
 class FolderListing:
     folder: Path
     files: dict[str, os.stat_result]
+    hold: set[str] = field(default_factory=set)  # present, but not reported complete yet
 
 
-def walk(root: Path, excluder: Excluder) -> Iterator[FolderListing]:
-    """Every folder below ``root`` (itself included) with its candidate files."""
-    stack = [(root, "")]
+def walk(root: Path, excluder: Excluder, recursive: bool = True, rel: str = ""
+         ) -> Iterator[FolderListing]:
+    """Every folder below ``root`` (itself included) with its candidate files.
+
+    ``rel`` is ``root``'s path relative to its library root, for path-shaped exclude globs.
+    """
+    stack = [(root, rel)]
     while stack:
         folder, rel = stack.pop()
         files: dict[str, os.stat_result] = {}
@@ -84,10 +55,10 @@ def walk(root: Path, excluder: Excluder) -> Iterator[FolderListing]:
             child_rel = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if not excluder.excluded_dir(entry.name, child_rel):
+                    if recursive and not excluder.excluded_child(rel, entry.name, is_dir=True):
                         stack.append((Path(entry.path), child_rel))
                 elif entry.is_file(follow_symlinks=False):
-                    if not excluder.excluded_file(entry.name, child_rel):
+                    if not excluder.excluded_child(rel, entry.name, is_dir=False):
                         files[entry.name] = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
@@ -130,6 +101,10 @@ class Plan:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     offline_roots: list[Path] = field(default_factory=list)
     folders: list[FolderStore] = field(default_factory=list)
+    # (folder, name) of records written or removed during the reconcile (moves, copies,
+    # deletions), so a long-lived library view can update itself without a reload.
+    written: list[tuple[FolderStore, str]] = field(default_factory=list)
+    deleted: list[tuple[FolderStore, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +126,20 @@ def root_is_online(root: Path, store: Store) -> bool:
     return not (empty and store.cache_location(root).exists())
 
 
+@dataclass
+class Scope:
+    """Part of a root to reconcile: the whole tree below ``path``, or just that folder.
+
+    ``ready`` limits new and changed files to those names (absolute paths) that a
+    watcher reported complete; ``None`` trusts every file found (a scan at rest).
+    """
+
+    root: Path
+    path: Path
+    recursive: bool = True
+    ready: set[Path] | None = None
+
+
 def reconcile(
     roots: list[Path],
     settings: Settings,
@@ -160,17 +149,33 @@ def reconcile(
     on_progress: Callable[[str, int], None] | None = None,
 ) -> Plan:
     """Compare disk with records for every root; apply moves, copies and deletions."""
+    return reconcile_scopes([Scope(r, r) for r in roots], settings, store, stages, hash_workers,
+                            on_progress)
+
+
+def reconcile_scopes(
+    scopes: list[Scope],
+    settings: Settings,
+    store: Store,
+    stages: list[Stage],
+    hash_workers: int = 2,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> Plan:
+    """Reconcile several scopes in one pass, so a move between two of them is seen as a move."""
     plan = Plan()
-    excluder = Excluder(settings.exclude)
+    excluder = Excluder.from_settings(settings)
     candidates: list[WorkItem] = []
     vanished: dict[str, list[_Vanished]] = {}
     live_by_hash: dict[str, tuple[FolderStore, str, Record]] = {}
-    for root in roots:
-        if not root_is_online(root, store):
-            log.warning("root %s is offline (missing or not mounted); its index is kept", root)
-            plan.offline_roots.append(root)
+    for scope in scopes:
+        if not root_is_online(scope.root, store):
+            log.warning("root %s is offline (missing or not mounted); its index is kept", scope.root)
+            if scope.root not in plan.offline_roots:
+                plan.offline_roots.append(scope.root)
             continue
-        for listing in walk(root, excluder):
+        for listing in _listings(scope, excluder, store):
+            if scope.ready is not None:
+                listing.hold = {n for n in listing.files if listing.folder / n not in scope.ready}
             _classify_folder(listing, store, stages, plan, candidates, vanished, live_by_hash)
             if on_progress:
                 on_progress("scan", len(candidates))
@@ -179,10 +184,21 @@ def reconcile(
         if item.hash is None:
             continue
         if _take_moved(item, vanished, plan) or _take_copy(item, live_by_hash, plan):
+            plan.written.append((item.folder, item.name))
             continue
         plan.work.append(item)
     _remove_vanished(vanished, plan)
     return plan
+
+
+def _listings(scope: Scope, excluder: Excluder, store: Store) -> Iterator[FolderListing]:
+    """The folders of a scope; one that no longer exists still shows its records as vanished."""
+    if not scope.path.is_dir():
+        for folder in store.known_folders(scope.path, scope.recursive):
+            yield FolderListing(folder, {})
+        return
+    rel = "" if scope.path == scope.root else str(scope.path.relative_to(scope.root))
+    yield from walk(scope.path, excluder, recursive=scope.recursive, rel=rel)
 
 
 def _classify_folder(
@@ -200,6 +216,8 @@ def _classify_folder(
         plan.folders.append(folder)
     ready = [s for s in stages if s.is_ready()]
     for name, st in listing.files.items():
+        if name in listing.hold:
+            continue
         record = records.get(name)
         if record is not None and _same_stat(record, st):
             live_by_hash.setdefault(str(record["hash"]), (folder, name, record))
@@ -302,6 +320,7 @@ def _remove_vanished(vanished: dict[str, list[_Vanished]], plan: Plan) -> None:
         live = {str(r.get("hash")) for n, r in folder.records().items() if n not in gone}
         for entry in entries:
             folder.remove(entry.name, live_hashes=live)
+            plan.deleted.append((folder, entry.name))
             plan.removed += 1
 
 

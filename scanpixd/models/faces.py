@@ -61,17 +61,23 @@ class Face:
     size: float
 
     def quality(self) -> float:
-        """How good a shot of this person the face is (higher is better), for picking one.
+        """How good a shot of this person the face is; see :func:`face_quality`."""
+        return face_quality(self.eyes_open, self.smile, self.sharpness, self.size)
 
-        Sharpness matters most, then size; closed eyes halve the value, a smile adds a
-        little.  Only comparisons between faces of one person are meaningful.
-        """
-        value = math.log1p(max(self.sharpness, 0.0)) * (1.0 + math.sqrt(max(self.size, 0.0)))
-        if self.eyes_open < EYES_CLOSED_BELOW:
-            value *= 0.5
-        if self.smile > SMILE_ABOVE:
-            value *= 1.1
-        return value
+
+def face_quality(eyes_open: float, smile: float, sharpness: float, size: float) -> float:
+    """How good a shot of a person a face is (higher is better), for picking one.
+
+    Sharpness matters most, then size; closed eyes halve the value, a smile adds a
+    little.  Only comparisons between faces of one person are meaningful.  Takes the
+    fields a record's face entry stores, so readers of records can rank faces too.
+    """
+    value = math.log1p(max(sharpness, 0.0)) * (1.0 + math.sqrt(max(size, 0.0)))
+    if eyes_open < EYES_CLOSED_BELOW:
+        value *= 0.5
+    if smile > SMILE_ABOVE:
+        value *= 1.1
+    return value
 
 
 @dataclass

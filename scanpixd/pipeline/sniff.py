@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HEADER_BYTES = 64
+READ_BYTES = 4096  # enough for a TIFF's first directory (DNG is told from TIFF by a tag there)
 
 # Extensions that never hold media: skipped without opening the file.
-NOT_MEDIA_EXTENSIONS = frozenset(
-    ".xmp .json .txt .md .pdf .aae .thm .db .ini .html .htm .xml .csv .log .pp3 .dop .on1"
-    " .py .sh .zip .gz .tar .7z .rar .doc .docx .odt .lrcat .lrdata .nfo .sfv .md5 .srt".split()
-)
+NOT_MEDIA_EXTENSIONS = frozenset((
+    ".xmp", ".json", ".txt", ".md", ".pdf", ".aae", ".thm", ".db", ".ini", ".html", ".htm", ".xml",
+    ".csv", ".log", ".pp3", ".dop", ".on1", ".py", ".sh", ".zip", ".gz", ".tar", ".7z", ".rar",
+    ".doc", ".docx", ".odt", ".lrcat", ".lrdata", ".nfo", ".sfv", ".md5", ".srt",
+))
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class MediaType:
     raw: bool = False  # a camera raw file: decoded through its embedded preview
 
 
+# Old QuickTime files start with an atom rather than ``ftyp``.
+_QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
+# ISO media brands that hold sound only (iTunes audio, audiobooks, Flash audio).
+_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 _MP4_VIDEO = {
@@ -53,25 +59,48 @@ def sniff_bytes(head: bytes) -> MediaType | None:
         return _sniff_iso_bmff(head)
     if head[:4] in (b"II*\0", b"MM\0*"):
         return _sniff_tiff(head)
-    if head.startswith(b"IIRO") or head.startswith(b"IIU\0"):
-        fmt = "ORF" if head.startswith(b"IIRO") else "RW2"
-        return MediaType("image", fmt, f"image/x-{fmt.lower()}", raw=True)
-    if head.startswith(b"FUJIFILMCCD-RAW"):
-        return MediaType("image", "RAF", "image/x-fuji-raf", raw=True)
+    for magic, fmt, mime in _RAW_MAGIC:
+        if head.startswith(magic):
+            return MediaType("image", fmt, mime, raw=True)
     if head.startswith(b"\x1a\x45\xdf\xa3"):
-        is_webm = b"webm" in head
+        is_webm = b"\x42\x82\x84webm" in head  # the EBML DocType element
         return MediaType("video", "WEBM" if is_webm else "MKV",
                          "video/webm" if is_webm else "video/x-matroska")
-    if head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47":
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return MediaType("video", "WMV", "video/x-ms-wmv")  # ASF header object
+    if head.startswith(b"FLV\x01") and len(head) > 4 and head[4] & 0x01:
+        return MediaType("video", "FLV", "video/x-flv")  # only when it has a video track
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return MediaType("video", "MPEG", "video/mpeg")  # MPEG program stream (.mpg, .vob)
+    if head[4:8] in _QUICKTIME_ATOMS and int.from_bytes(head[:4], "big") >= 8:
+        return MediaType("video", "MOV", "video/quicktime")
+    if _sync_bytes(head, 0, 188):
         return MediaType("video", "TS", "video/mp2t")
-    if head[4:5] == b"\x47" and len(head) > 196 and head[196:197] == b"\x47":
+    if _sync_bytes(head, 4, 192):
         return MediaType("video", "MTS", "video/mp2t")  # AVCHD: 4-byte timecode per packet
     return None
+
+
+def _sync_bytes(head: bytes, first: int, packet: int) -> bool:
+    """MPEG transport stream: a 0x47 sync byte at the start of every packet we can see."""
+    positions = range(first, min(len(head), first + 5 * packet), packet)
+    return len(positions) >= 2 and all(head[i] == 0x47 for i in positions)
+
+
+_RAW_MAGIC = (
+    (b"IIRO", "ORF", "image/x-olympus-orf"), (b"IIRS", "ORF", "image/x-olympus-orf"),
+    (b"MMOR", "ORF", "image/x-olympus-orf"), (b"IIU\0", "RW2", "image/x-panasonic-rw2"),
+    (b"FUJIFILMCCD-RAW", "RAF", "image/x-fuji-raf"),
+    (b"II\x1a\0\0\0HEAPCCDR", "CRW", "image/x-canon-crw"),
+    (b"\0MRM", "MRW", "image/x-minolta-mrw"), (b"FOVb", "X3F", "image/x-sigma-x3f"),
+)
 
 
 def _sniff_iso_bmff(head: bytes) -> MediaType | None:
     brand = head[8:12]
     compatible = {head[i:i + 4] for i in range(16, min(len(head), 64), 4)}
+    if brand in _AUDIO_BRANDS:
+        return None
     if brand == b"crx ":
         return MediaType("image", "CR3", "image/x-canon-cr3", raw=True)
     if brand in _AVIF_BRANDS:
@@ -88,18 +117,37 @@ def _sniff_iso_bmff(head: bytes) -> MediaType | None:
 def _sniff_tiff(head: bytes) -> MediaType:
     if head[8:10] == b"CR" and head[10:11] == b"\x02":
         return MediaType("image", "CR2", "image/x-canon-cr2", raw=True)
+    if _ifd0_has(head, 0xC612):  # DNGVersion: a DNG whatever its name
+        return MediaType("image", "DNG", "image/x-adobe-dng", raw=True)
     # NEF, ARW, DNG, PEF and plain TIFF share the TIFF header; the extension is only a
     # hint here, confirmed or corrected by the decoder (a raw file has an embedded preview).
     return MediaType("image", "TIFF", "image/tiff")
 
 
-RAW_TIFF_EXTENSIONS = frozenset(".nef .nrw .arw .srf .sr2 .dng .pef .raw .3fr .erf .kdc .mos .iiq .srw .x3f".split())
+def _ifd0_has(head: bytes, tag: int) -> bool:
+    """Whether the first TIFF directory (when it lies within ``head``) holds ``tag``."""
+    order = "little" if head[:2] == b"II" else "big"
+    offset = int.from_bytes(head[4:8], order)
+    if offset < 8 or offset + 2 > len(head):
+        return False
+    count = int.from_bytes(head[offset:offset + 2], order)
+    for i in range(min(count, (len(head) - offset - 2) // 12)):
+        entry = offset + 2 + 12 * i
+        if int.from_bytes(head[entry:entry + 2], order) == tag:
+            return True
+    return False
+
+
+RAW_TIFF_EXTENSIONS = frozenset((
+    ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".pef", ".raw", ".3fr", ".erf", ".kdc", ".mos",
+    ".iiq", ".srw", ".x3f",
+))
 
 
 def sniff(path: Path) -> MediaType | None:
     """The media type of ``path`` from its content, or ``None`` when it is not media."""
     with open(path, "rb") as fh:
-        head = fh.read(HEADER_BYTES * 4)
+        head = fh.read(READ_BYTES)
     found = sniff_bytes(head)
     if found is not None and found.format == "TIFF" and path.suffix.lower() in RAW_TIFF_EXTENSIONS:
         fmt = path.suffix.lower().lstrip(".").upper()

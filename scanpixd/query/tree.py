@@ -18,6 +18,7 @@ echo how it understood a query and ``parse(str(q)) == q`` holds.
 
 from __future__ import annotations
 
+import calendar
 import math
 import os
 import re
@@ -88,12 +89,14 @@ def _dig(value: Any, *keys: str) -> Any:
 _EXIF_DAY = re.compile(r"(\d{4}):(\d{2}):(\d{2})")
 
 
-def _day(text: Any) -> date | None:
-    if not isinstance(text, str):
-        return None
-    head = _EXIF_DAY.sub(r"\1-\2-\3", text[:10])
+def _day(text: str) -> date | None:
     try:
-        return date.fromisoformat(head)
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        pass
+    exif = _EXIF_DAY.match(text)  # "2023:06:01 12:00:00", should a raw EXIF value slip through
+    try:
+        return date(int(exif[1]), int(exif[2]), int(exif[3])) if exif else None
     except ValueError:
         return None
 
@@ -103,23 +106,32 @@ def item_date(record: dict[str, Any]) -> date | None:
 
     The inferred local time (``taken.local``) wins over the camera's own clock
     (``metadata.taken_local``); a UTC time is the last resort (within a day of the truth).
+    Filters call this for every record, so it avoids anything slower than a dict lookup.
     """
-    for keys in (
-        ("taken", "local"),
-        ("metadata", "taken_local"),
-        ("taken", "utc"),
-        ("metadata", "taken_utc"),
+    taken, meta = _dig(record, "taken"), _dig(record, "metadata")
+    taken = taken if isinstance(taken, dict) else {}
+    meta = meta if isinstance(meta, dict) else {}
+    for value in (
+        taken.get("local"),
+        meta.get("taken_local"),
+        taken.get("utc"),
+        meta.get("taken_utc"),
     ):
-        day = _day(_dig(record, *keys))
-        if day is not None:
-            return day
+        if isinstance(value, str):
+            day = _day(value)
+            if day is not None:
+                return day
     return None
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range: no place on Earth
+        return None
+    return number if math.isfinite(number) else None
 
 
 def item_position(record: dict[str, Any]) -> tuple[float, float] | None:
@@ -153,9 +165,10 @@ def _quoted(text: str, force: bool = False) -> str:
 
 
 def _phrase(text: str, single_word: bool) -> str:
+    """Free words stay bare; a negative phrase or any word the parser would misread is quoted."""
     words = text.split()
-    safe = all(_SAFE_WORD.fullmatch(word) for word in words)
-    return _quoted(text, force=not safe or (single_word and len(words) != 1))
+    bare = bool(words) and all(_SAFE_WORD.fullmatch(word) for word in words)
+    return text if bare and not (single_word and len(words) > 1) else f'"{text}"'
 
 
 def _weight(weight: float) -> str:
@@ -221,6 +234,14 @@ class Filter:
         return f"{'-' if self.negated else ''}{self.key}:{self.value_text()}"
 
 
+def _edge(day: date, first: bool) -> str:
+    """A range end at the coarsest precision that still names it (2023-01-01 -> "2023")."""
+    month_edge = day.day == (1 if first else calendar.monthrange(day.year, day.month)[1])
+    if month_edge and day.month == (1 if first else 12):
+        return f"{day.year:04d}"
+    return f"{day.year:04d}-{day.month:02d}" if month_edge else day.isoformat()
+
+
 @dataclass(frozen=True)
 class DateFilter(Filter):
     """Taken on a local day from ``start`` to ``end``, both included.
@@ -244,9 +265,9 @@ class DateFilter(Filter):
     def value_text(self) -> str:
         if self.start == self.end:
             return self.start.isoformat()
-        start = "" if self.start == date.min else self.start.isoformat()
-        end = "" if self.end == date.max else self.end.isoformat()
-        return f"{start}..{end}"
+        start = "" if self.start == date.min else _edge(self.start, first=True)
+        end = "" if self.end == date.max else _edge(self.end, first=False)
+        return start if start == end else f"{start}..{end}"
 
 
 @dataclass(frozen=True)
@@ -395,9 +416,7 @@ class Query:
     @property
     def is_semantic(self) -> bool:
         """Whether ranking needs the CLIP model: some positive text or similar term."""
-        return any(not t.negative for t in self.terms) or any(
-            not s.negative for s in self.similar
-        )
+        return any(not t.negative for t in self.terms) or any(not s.negative for s in self.similar)
 
     @property
     def positive_terms(self) -> tuple[SemanticTerm, ...]:

@@ -52,6 +52,23 @@ class Store:
         """The same layout under the cache directory, mirroring the folder's absolute path."""
         return self.cache_dir / "tree" / str(folder).lstrip("/") / DATA_DIR_NAME
 
+    def known_folders(self, path: Path, recursive: bool = True) -> list[Path]:
+        """Folders at or below ``path`` whose data lies in the cache directory.
+
+        Used when ``path`` itself is gone (moved away, deleted): in-folder data left with
+        it, but cached data must still be found to be reconciled.
+        """
+        base = self.cache_location(path).parent
+        if not base.is_dir():
+            return []
+        found = []
+        candidates = base.rglob(DATA_DIR_NAME) if recursive else [base / DATA_DIR_NAME]
+        for data_dir in candidates:
+            if data_dir.is_dir():
+                rel = data_dir.parent.relative_to(base)
+                found.append(path / rel)
+        return found
+
     def library_dir(self, root: Path) -> Path:
         """Library-wide data users create (people's names): lives in the root so it syncs."""
         return self.folder(root).data_dir / "library"

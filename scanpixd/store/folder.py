@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class FolderStore:
         self.folder = folder
         self.data_dir = data_dir
         self.read_dirs = read_dirs
+        self._write_lock = threading.RLock()
 
     # -- paths ---------------------------------------------------------------------
     def _sub(self, kind: str) -> Path:
@@ -132,8 +134,26 @@ class FolderStore:
 
     def write(self, record: Record) -> None:
         path = self.record_path(decode_name(record))
-        self._ensure_dirs()
-        atomic.write_json(path, record)
+        with self._write_lock:
+            self._ensure_dirs()
+            atomic.write_json(path, record)
+
+    def write_if_unchanged(self, record: Record) -> bool:
+        """Write ``record`` unless the file's record changed since it was read.
+
+        Slow stages work on a copy for seconds; if the original changed meanwhile (a new
+        version arrived and its cheap stages ran) their result is dropped, not written
+        over the newer record.
+        """
+        name = decode_name(record)
+        with self._write_lock:
+            current = self.read(name)
+            if current is not None and any(
+                current.get(k) != record.get(k) for k in ("hash", "size", "mtime_ns")
+            ):
+                return False
+            self.write(record)
+            return True
 
     def remove(self, name: str, live_hashes: set[str] | None = None) -> Record | None:
         """Delete the record of ``name`` and any asset no other record shares.

@@ -1,0 +1,158 @@
+"""``scanpixd run``: the long-lived service.
+
+start → settings → instance lock → load the library view from the sidecars → serve the API
+→ watch → reconcile every root (READY=1 once it is scheduled) → keep everything current.
+
+SIGTERM/SIGINT stop cleanly: watching stops, the file in flight is finished (its record is
+written atomically) and the rest is left for the next start's reconcile.  SIGHUP reloads
+the configuration: roots added or removed, excludes and timings changed, without restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from scanpixd.api.routes import Router
+from scanpixd.api.server import ApiServer
+from scanpixd.config import Settings, load_settings
+from scanpixd.errors import ConfigError, UsageError
+from scanpixd.indexer import Indexer
+from scanpixd.instance import InstanceLock
+from scanpixd.notify import Notifier
+from scanpixd.pipeline import Services
+from scanpixd.scheduler import Scheduler
+from scanpixd.service import LibraryService
+from scanpixd.store import Store
+from scanpixd.watch import Watcher
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 5.0
+STOP_GRACE = 30.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: Path | None = None, jobs: int | None = None):
+        if not settings.roots:
+            raise UsageError("no roots configured: set `roots = [...]` in the configuration")
+        self.settings = settings
+        self.config_path = config_path
+        self.stop = threading.Event()
+        self._reload = threading.Event()
+        self._wakeup = threading.Event()
+        self.notifier = Notifier()
+        self.lock = InstanceLock(settings.roots, purpose="daemon")
+        self.store = Store(settings)
+        self.services = Services(settings)
+        self.indexer = Indexer(settings, self.store, self.services, jobs=jobs, stop=self.stop)
+        self.service = LibraryService(settings, self.store, self.services)
+        self.scheduler = Scheduler(self.indexer, settings.roots,
+                                   on_written=self.service.records_written,
+                                   on_deleted=self.service.records_deleted)
+        self.watcher = Watcher(settings, self.scheduler)
+        self.service.attach(self.scheduler, self.watcher)
+        self.api: ApiServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    def run(self) -> int:
+        self.lock.acquire()
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        try:
+            self._start()
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        self.notifier.status("loading the library")
+        self.api = ApiServer(Router(self.service), self.settings.daemon.socket,
+                             self.settings.daemon.socket_group)
+        self.api.start()  # answers status at once; queries wait for the library view below
+        self.service.load(self.settings.roots)
+        self.watcher.start()  # before the reconcile, so nothing changed during it is missed
+        for root in self.settings.roots:
+            self.scheduler.rescan(root)
+        for target, name in ((self.scheduler.run, "cheap"), (self.scheduler.run_later, "models")):
+            thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("serving %d items on %s (started in %.1f s)", self.service.count(),
+                 self.api.socket_path, time.monotonic() - started)
+        self.notifier.ready(self._status_line())
+        self.notifier.start_watchdog(healthy=self._healthy)
+
+    def _main_loop(self) -> None:
+        while not self.stop.is_set():
+            self._wakeup.wait(STATUS_INTERVAL)
+            self._wakeup.clear()
+            if self._reload.is_set() and not self.stop.is_set():
+                self._reload.clear()
+                self._reload_settings()
+            self.notifier.status(self._status_line())
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("stopping (%s)", signal.Signals(signum).name)
+        self.stop.set()
+        self._wakeup.set()
+
+    def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wakeup.set()
+
+    def _reload_settings(self) -> None:
+        self.notifier.reloading("reloading the configuration")
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        refused = self.lock.update(settings.roots)
+        for error in refused:
+            log.error("%s", error)
+        roots = [r for r in settings.roots if r in self.lock.roots]
+        added = [r for r in roots if r not in self.settings.roots]
+        settings.roots = roots
+        self.settings = settings
+        self.watcher.apply_settings(settings)
+        self.scheduler.set_roots(roots)
+        self.service.set_roots(roots)
+        log.info("configuration reloaded: %d roots (%d new)", len(roots), len(added))
+        self.notifier.ready(self._status_line())
+
+    def _healthy(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def _status_line(self) -> str:
+        c = self.scheduler.counters
+        queue = self.scheduler.pending()
+        return (f"{self.service.count()} items; indexed {c.indexed}, failed {c.failed}; "
+                f"queued {queue['scopes']} changes, {queue['later']} for models")
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping("stopping")
+        self.stop.set()
+        self.watcher.stop()
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in self._threads:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self.notifier.stop_watchdog()
+        if self.api is not None:
+            self.api.close()
+        self.indexer.close()
+        self.lock.release()
+        log.info("stopped")
+
+
+def run_daemon(config_path: Path | None, jobs: int | None) -> int:
+    settings = load_settings(config_path)
+    return Daemon(settings, config_path, jobs).run()

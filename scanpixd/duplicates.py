@@ -1,0 +1,603 @@
+"""Groups of exact copies, near-duplicates and bursts, each with its best shot named.
+
+Three kinds of group, each file in at most one:
+
+* ``exact``: the same bytes (the record's content hash).
+* ``near``: the same picture after resizing, recompression, HEIC↔JPEG, EXIF rotation,
+  tone or local edits, or a small crop.
+* ``burst``: different frames of one moment: alike, taken within
+  ``duplicates.burst_window`` seconds of each other (distinct capture times, one camera).
+
+Why several hashes and rules rather than one distance: users of tools built on one
+64-bit hash, or on CLIP distance alone, report unrelated shots (dark frames, photos of
+one beach) grouped together.  Here a pair is *near* when
+
+1. both 256-bit hashes agree (``fine``: resize, recompression, re-encoding, tone edits), or
+2. the 256-bit dHash agrees closely and the pHash moderately (``edit``: text, retouching), or
+3. both 64-bit hashes agree (``crop``) and the two were taken at the same moment;
+
+and where both records carry CLIP vectors of one model, CLIP must agree as well: it
+confirms, never finds on its own.  Pictures with almost no structure (``detail``) are
+never grouped by look.  Thresholds come from the preset (``strict``, ``balanced``,
+``loose``, see :data:`PRESETS`); members of one group may not drift further apart than
+``chain`` times the thresholds, so a slow pan does not chain into one long group.
+
+No pair loop over the library: candidate pairs come from multi-index hashing (each
+256-bit hash, bits shuffled, cut into sixteen 16-bit chunks; two hashes within 15 bits
+share a chunk for certain, within 24 bits ~97 % of the time) and from a sweep over
+capture times (bursts and same-moment crops); only candidates are compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from scanpixd.config import DuplicateSettings, Settings
+from scanpixd.pipeline.hashes import COARSE_BITS, FINE_BITS, parse_hex
+from scanpixd.pipeline.quality import explain, score_shots
+from scanpixd.record import Record, decode_vector
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["exact", "near", "burst"]
+KINDS: frozenset[str] = frozenset({"exact", "near", "burst"})
+_CHUNK_BITS = 16
+_MAX_RUN = 4096  # a chunk value shared by more items carries no information
+_MAX_NEIGHBOURS = 2048  # items compared with each photo along the time axis
+_BATCH = 1 << 20  # candidate pairs evaluated at once
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Hamming distances (of 256 or 64 bits) and CLIP similarities a pair must meet."""
+
+    fine_phash: int  # rule 1, with fine_dhash
+    fine_dhash: int
+    edit_dhash: int  # rule 2, with edit_phash
+    edit_phash: int
+    crop_phash8: int  # rule 3 (64-bit), same moment only
+    crop_dhash8: int
+    burst_phash: int  # frames of a burst (256-bit) ...
+    burst_dhash: int
+    burst_phash8: int  # ... or their 64-bit hashes (a small camera move)
+    burst_dhash8: int
+    clip_near: float  # cosine similarity CLIP must confirm, where both have vectors
+    clip_crop: float
+    clip_burst: float
+    chain: float  # any two members of a group stay within chain × thresholds
+    min_detail: float  # pictures with less structure are not grouped by look
+    distinct: float  # share of the fine thresholds for shots taken at different moments
+
+
+#: Measured on the corpora: resized and recompressed copies differ by ≤ 6 of 256 bits,
+#: tone edits and drawn digits ≤ 20 (pHash) / ≤ 12 (dHash), a 3 % crop by ≤ 6 / ≤ 10 of
+#: 64; unrelated photos by ≥ 94 (pHash) / ≥ 50 (dHash) of 256; a real burst 22-40 / 5-14.
+PRESETS: dict[str, Thresholds] = {
+    "strict": Thresholds(16, 14, 8, 48, 6, 8, 44, 24, 8, 10, 0.92, 0.95, 0.90, 1.25, 3.0, 0.4),
+    "balanced": Thresholds(28, 24, 14, 72, 12, 16, 64, 36, 12, 16, 0.88, 0.92, 0.85, 1.5, 2.0,
+                           0.5),
+    "loose": Thresholds(40, 36, 20, 84, 16, 20, 80, 48, 16, 22, 0.85, 0.88, 0.80, 1.75, 1.5, 0.6),
+}
+
+
+def thresholds(settings: DuplicateSettings) -> Thresholds:
+    """The preset's thresholds with ``near_distance`` / ``burst_distance`` applied."""
+    found = PRESETS[settings.preset]
+    near = settings.near_distance
+    if near:
+        f = near / found.fine_phash
+        found = replace(found, fine_phash=near, fine_dhash=_scaled(found.fine_dhash, f),
+                        edit_dhash=_scaled(found.edit_dhash, f),
+                        edit_phash=_scaled(found.edit_phash, f),
+                        crop_phash8=_scaled(found.crop_phash8, f),
+                        crop_dhash8=_scaled(found.crop_dhash8, f))
+    burst = settings.burst_distance
+    if burst:
+        f = burst / found.burst_phash
+        found = replace(found, burst_phash=burst, burst_dhash=_scaled(found.burst_dhash, f),
+                        burst_phash8=_scaled(found.burst_phash8, f),
+                        burst_dhash8=_scaled(found.burst_dhash8, f))
+    return found
+
+
+def _scaled(value: int, factor: float) -> int:
+    return max(1, round(value * factor))
+
+
+class Item(Protocol):
+    """What grouping needs of a file (the query engine's ItemView fits)."""
+
+    @property
+    def record(self) -> Record: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class DuplicateItem:
+    """A plain :class:`Item` for callers that hold records and paths themselves."""
+
+    record: Record
+    path: Path
+    root: Path | None = None
+
+
+@dataclass
+class Member:
+    path: str
+    score: float
+    reasons: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "score": self.score, "reasons": list(self.reasons)}
+
+
+@dataclass
+class Group:
+    """One group: its kind, the best item, and every member (the best first)."""
+
+    kind: Kind
+    best: Any
+    members: list[Member]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "best": str(self.best.path),
+                "members": [m.to_dict() for m in self.members]}
+
+
+def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
+                kinds: Iterable[str] = KINDS) -> list[Group]:
+    """Group ``items`` into exact copies, near-duplicates and bursts (those in ``kinds``)."""
+    wanted = frozenset(kinds)
+    unknown = wanted - KINDS
+    if unknown:
+        raise ValueError(f"unknown duplicate kind {sorted(unknown)[0]!r}: "
+                         f"choose from {', '.join(sorted(KINDS))}")
+    section = settings.duplicates if isinstance(settings, Settings) else settings
+    pool = list(items)
+    contents = _contents(pool)
+    components: list[tuple[list[int], bool]] = []
+    if wanted & {"near", "burst"} and len(contents) > 1:
+        table = _Table(pool, contents, section.burst_window, thresholds(section))
+        components = _Linker(table, wanted, section.clip_confirm).components()
+    grouped = {i for members, _ in components for i in members}
+    if "exact" in wanted:
+        components += [([c], False) for c in range(len(contents))
+                       if c not in grouped and len(contents[c]) > 1]
+    groups = [_group(pool, [i for c in members for i in contents[c]], burst, len(members))
+              for members, burst in components]
+    groups.sort(key=lambda g: (("exact", "near", "burst").index(g.kind), g.members[0].path))
+    return groups
+
+
+def _contents(pool: Sequence[Item]) -> list[list[int]]:
+    """Indices of ``pool`` by content: files with one content hash share an entry."""
+    by_hash: dict[str, int] = {}
+    contents: list[list[int]] = []
+    for i, item in enumerate(pool):
+        key = item.record.get("hash")
+        if isinstance(key, str) and key:
+            slot = by_hash.setdefault(key, len(contents))
+            if slot == len(contents):
+                contents.append([])
+            contents[slot].append(i)
+        else:
+            contents.append([i])
+    return contents
+
+
+# --- the columns compared --------------------------------------------------------------------
+
+
+class _Table:
+    """Per distinct content: hashes as bit arrays, capture times, camera, CLIP vectors."""
+
+    def __init__(self, pool: Sequence[Item], contents: list[list[int]], window: float,
+                 limits: Thresholds):
+        self.records = [pool[c[0]].record for c in contents]
+        self.n = n = len(self.records)
+        self.window = window
+        self.limits = limits
+        self.fine_p = np.zeros((n, FINE_BITS // 8), np.uint8)
+        self.fine_d = np.zeros((n, FINE_BITS // 8), np.uint8)
+        self.coarse_p = np.zeros((n, COARSE_BITS // 8), np.uint8)
+        self.coarse_d = np.zeros((n, COARSE_BITS // 8), np.uint8)
+        self.hashed = np.zeros(n, bool)
+        self.utc = np.full(n, np.nan)
+        self.local = np.full(n, np.nan)
+        self.precise = np.zeros(n, bool)
+        cameras: dict[str, int] = {}
+        self.camera = np.full(n, -1, np.int64)
+        for i, record in enumerate(self.records):
+            self._hashes(i, record, limits.min_detail)
+            self._times(i, record)
+            model = _camera(record)
+            if model:
+                self.camera[i] = cameras.setdefault(model, len(cameras))
+        self._clip: dict[int, tuple[str, np.ndarray] | None] = {}
+
+    def _hashes(self, i: int, record: Record, min_detail: float) -> None:
+        hashes = record.get("hashes")
+        if not isinstance(hashes, dict) or (record.get("media") or {}).get("kind",
+                                                                           "image") != "image":
+            return
+        parts = [parse_hex(hashes.get("phash"), FINE_BITS), parse_hex(hashes.get("dhash"), FINE_BITS),
+                 parse_hex(hashes.get("phash8"), COARSE_BITS),
+                 parse_hex(hashes.get("dhash8"), COARSE_BITS)]
+        detail = hashes.get("detail")
+        if any(p is None for p in parts) or not isinstance(detail, int | float):
+            return
+        if detail < min_detail:
+            return
+        for column, raw in zip((self.fine_p, self.fine_d, self.coarse_p, self.coarse_d), parts,
+                               strict=True):
+            column[i] = np.frombuffer(raw, np.uint8)  # type: ignore[arg-type]
+        self.hashed[i] = True
+
+    def _times(self, i: int, record: Record) -> None:
+        taken = record.get("taken") or {}
+        metadata = record.get("metadata") or {}
+        utc = _seconds(taken.get("utc") if isinstance(taken, dict) else None, aware=True)
+        if utc is None:
+            utc = _seconds(metadata.get("taken_utc"), aware=True)
+        local_text = (taken.get("local") if isinstance(taken, dict) else None) or metadata.get(
+            "taken_local")
+        local = _seconds(local_text, aware=False)
+        if utc is not None:
+            self.utc[i] = utc
+        if local is not None:
+            self.local[i] = local
+        text = local_text if isinstance(local_text, str) else ""
+        self.precise[i] = "." in text[10:]
+
+    def clip(self, i: int) -> tuple[str, np.ndarray] | None:
+        if i not in self._clip:
+            self._clip[i] = _clip_vector(self.records[i])
+        return self._clip[i]
+
+
+def _camera(record: Record) -> str | None:
+    metadata = record.get("metadata") or {}
+    make, model = metadata.get("make"), metadata.get("model")
+    if not isinstance(model, str) or not model.strip():
+        return None
+    return f"{make if isinstance(make, str) else ''}|{model}".strip().lower()
+
+
+def _seconds(text: Any, aware: bool) -> float | None:
+    """Seconds of an ISO time; local (naive) times are read as if they were UTC."""
+    if not isinstance(text, str) or len(text) < 19:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00") if aware else text[:26])
+    except ValueError:
+        return None
+    if when.tzinfo is None or not aware:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _clip_vector(record: Record) -> tuple[str, np.ndarray] | None:
+    clip = record.get("clip")
+    if not isinstance(clip, dict):
+        return None
+    vectors = clip.get("vectors")
+    if not isinstance(vectors, list) or not vectors or not isinstance(vectors[0], dict):
+        return None
+    try:
+        vector = decode_vector(vectors[0]["v"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0 or vector.size != clip.get("dim", vector.size):
+        return None
+    return f"{clip.get('model')}:{vector.size}", vector / norm
+
+
+# --- candidate pairs ---------------------------------------------------------------------------
+
+# A fixed shuffle of bit positions, so every 16-bit chunk mixes low and high frequencies
+# (pHash's first bits are nearly constant; a chunk of them would match everything).
+_PERMUTATION = np.random.default_rng(0x5CA9D).permutation(FINE_BITS)
+
+
+def _chunk_keys(bits: np.ndarray) -> np.ndarray:
+    """(n, 16) chunk values of shuffled 256-bit hashes."""
+    unpacked = np.unpackbits(bits, axis=1)[:, _PERMUTATION]
+    return np.ascontiguousarray(np.packbits(unpacked, axis=1)).view(">u2").astype(np.int64)
+
+
+def _run_pairs(order: np.ndarray, ends: np.ndarray,
+               limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs (order[i], order[j]) for every i < j < ends[i], at most ``limit`` apart."""
+    after = np.minimum(ends - np.arange(order.size) - 1, limit)
+    active = np.flatnonzero(after > 0)
+    offset = 1
+    while active.size:
+        yield order[active], order[active + offset]
+        offset += 1
+        active = active[after[active] >= offset]
+
+
+def _equal_pairs(keys: np.ndarray, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of ``ids`` whose ``keys`` are equal, skipping uninformative crowded keys."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    lengths = np.diff(np.r_[starts, ordered.size])
+    ends = np.repeat(starts + lengths, lengths)
+    crowded = np.repeat(lengths > _MAX_RUN, lengths)
+    if crowded.any():
+        log.debug("skipping %d crowded hash chunks", int((lengths > _MAX_RUN).sum()))
+        ends = np.where(crowded, np.arange(ordered.size) + 1, ends)
+    yield from _run_pairs(ids[order], ends, _MAX_RUN)
+
+
+def index_pairs(fine: Sequence[np.ndarray], ids: np.ndarray) -> Iterator[tuple[np.ndarray,
+                                                                                np.ndarray]]:
+    """Candidate pairs among ``ids``: same whole hash, or one shared chunk of either hash.
+
+    Identical hashes are paired with the first of their kind only (a star links them
+    all), and only that first one is indexed by chunks.
+    """
+    if ids.size < 2:
+        return
+    for bits in fine:
+        chosen = bits[ids]
+        _, first, classes = np.unique(chosen.view(np.uint64), axis=0, return_index=True,
+                                      return_inverse=True)
+        classes = classes.ravel()
+        heads = ids[first[classes]]
+        twin = heads != ids
+        yield heads[twin], ids[twin]
+        first = np.sort(first)
+        keys = _chunk_keys(chosen[first])
+        for column in range(keys.shape[1]):
+            yield from _equal_pairs(keys[:, column], ids[first])
+
+
+def window_pairs(times: np.ndarray, ids: np.ndarray,
+                 window: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs among ``ids`` whose ``times`` lie at most ``window`` seconds apart."""
+    if ids.size < 2:
+        return
+    order = ids[np.argsort(times[ids], kind="stable")]
+    ordered = times[order]
+    ends = np.searchsorted(ordered, ordered + window, side="right")
+    yield from _run_pairs(order, ends, _MAX_NEIGHBOURS)
+
+
+# --- judging pairs -----------------------------------------------------------------------------
+
+
+def _distance(bits: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(bits[a] ^ bits[b]).sum(axis=1, dtype=np.int32)
+
+
+@dataclass
+class _Verdict:
+    """Evaluated candidate pairs: ``near`` / ``burst`` closeness (≤ 1 passes) and moments."""
+
+    a: np.ndarray
+    b: np.ndarray
+    near: np.ndarray
+    fine: np.ndarray  # the near closeness without the crop rule
+    burst: np.ndarray
+    in_window: np.ndarray  # distinct capture times within the burst window, one camera
+
+
+def judge(table: _Table, a: np.ndarray, b: np.ndarray) -> _Verdict:
+    """Closeness of each pair under the near and burst rules (pure hashes and times)."""
+    t = table.limits
+    dp, dd = _distance(table.fine_p, a, b), _distance(table.fine_d, a, b)
+    p8, d8 = _distance(table.coarse_p, a, b), _distance(table.coarse_d, a, b)
+    same, distinct, in_window = _moments(table, a, b)
+    fine = np.maximum(dp / t.fine_phash, dd / t.fine_dhash)
+    edit = np.maximum(dd / t.edit_dhash, dp / t.edit_phash)
+    # Shots taken at different moments are near-duplicates only when all but identical;
+    # an edit or a crop keeps the capture time of its original.
+    near = np.where(distinct, fine / t.distinct, np.minimum(fine, edit))
+    crop = np.where(same, np.maximum(p8 / t.crop_phash8, d8 / t.crop_dhash8), np.inf)
+    burst = np.minimum(np.maximum(dp / t.burst_phash, dd / t.burst_dhash),
+                       np.maximum(p8 / t.burst_phash8, d8 / t.burst_dhash8))
+    return _Verdict(a, b, np.minimum(near, crop), near, burst, in_window)
+
+
+def _moments(table: _Table, a: np.ndarray,
+             b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair: one capture moment; two known, different moments; possible burst frames."""
+    both_utc = ~np.isnan(table.utc[a]) & ~np.isnan(table.utc[b])
+    ta = np.where(both_utc, table.utc[a], table.local[a])
+    tb = np.where(both_utc, table.utc[b], table.local[b])
+    known = ~np.isnan(ta) & ~np.isnan(tb)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(ta - tb)
+        exact = table.precise[a] & table.precise[b]
+        same = known & np.where(exact, gap < 1e-3, np.floor(ta) == np.floor(tb))
+        cam_a, cam_b = table.camera[a], table.camera[b]
+        one_camera = (cam_a < 0) | (cam_b < 0) | (cam_a == cam_b)
+        in_window = known & ~same & (gap <= table.window) & one_camera
+    return same, known & ~same, in_window
+
+
+class _Linker:
+    """Turns candidate pairs into edges, then edges into groups (constrained linkage)."""
+
+    def __init__(self, table: _Table, kinds: frozenset[str], clip_confirm: bool):
+        self.table = table
+        self.kinds = kinds
+        self.clip_confirm = clip_confirm
+
+    def components(self) -> list[tuple[list[int], bool]]:
+        """Groups of content indices, each with whether it holds a burst edge."""
+        a, b, close, burst = self._edges()
+        return _link(self.table, a, b, close, burst, self.kinds)
+
+    def _candidates(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        t = self.table
+        ids = np.flatnonzero(t.hashed)
+        if "near" in self.kinds:
+            yield from index_pairs([t.fine_p, t.fine_d], ids)
+        has_utc = ids[~np.isnan(t.utc[ids])]
+        yield from window_pairs(t.utc, has_utc, t.window)
+        has_local = ids[~np.isnan(t.local[ids])]
+        for a, b in window_pairs(t.local, has_local, t.window):
+            keep = np.isnan(t.utc[a]) | np.isnan(t.utc[b])
+            yield a[keep], b[keep]
+
+    def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        found: list[tuple[np.ndarray, ...]] = []
+        for a, b in _batched(self._candidates()):
+            if a.size:
+                found.append(self._judge_batch(a, b))
+        if not found:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0), np.zeros(0, bool)
+        a, b, close, burst = (np.concatenate(parts) for parts in zip(*found, strict=True))
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        key = lo * self.table.n + hi
+        _, first = np.unique(key, return_index=True)
+        return lo[first], hi[first], close[first], burst[first]
+
+    def _judge_batch(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+        v = judge(self.table, a, b)
+        t = self.table.limits
+        as_burst = ("burst" in self.kinds) & v.in_window & (np.minimum(v.near, v.burst) <= 1)
+        as_near = ("near" in self.kinds) & ~as_burst & (v.near <= 1)
+        keep = as_burst | as_near
+        close = np.where(as_burst, np.minimum(v.near, v.burst), v.near)
+        needed = np.where(as_burst, t.clip_burst, np.where(v.fine <= 1, t.clip_near, t.clip_crop))
+        a, b, close, as_burst, needed = a[keep], b[keep], close[keep], as_burst[keep], needed[keep]
+        if self.clip_confirm and a.size:
+            agree = _clip_agrees(self.table, a, b, needed)
+            a, b, close, as_burst = a[agree], b[agree], close[agree], as_burst[agree]
+        return a, b, close, as_burst
+
+
+def _batched(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray,
+                                                                              np.ndarray]]:
+    """Gather small pair arrays into batches of about ``_BATCH`` pairs."""
+    held_a: list[np.ndarray] = []
+    held_b: list[np.ndarray] = []
+    count = 0
+    for a, b in pairs:
+        held_a.append(a)
+        held_b.append(b)
+        count += a.size
+        if count >= _BATCH:
+            yield np.concatenate(held_a), np.concatenate(held_b)
+            held_a, held_b, count = [], [], 0
+    if held_a:
+        yield np.concatenate(held_a), np.concatenate(held_b)
+
+
+def _clip_agrees(table: _Table, a: np.ndarray, b: np.ndarray, needed: np.ndarray) -> np.ndarray:
+    """False where both have CLIP vectors of one model and they disagree."""
+    agree = np.ones(a.size, bool)
+    for k in range(a.size):
+        va, vb = table.clip(int(a[k])), table.clip(int(b[k]))
+        if va is not None and vb is not None and va[0] == vb[0]:
+            agree[k] = float(va[1] @ vb[1]) >= needed[k]
+    return agree
+
+
+def _link(table: _Table, a: np.ndarray, b: np.ndarray, close: np.ndarray, burst: np.ndarray,
+          kinds: frozenset[str]) -> list[tuple[list[int], bool]]:
+    """Merge along edges, closest first, while every two members stay within ``chain``."""
+    parent = list(range(table.n))
+    members: dict[int, list[int]] = {}
+    bursty: dict[int, bool] = {}
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for k in np.argsort(close, kind="stable"):
+        ra, rb = root(int(a[k])), root(int(b[k]))
+        if ra == rb:
+            bursty[ra] = bursty.get(ra, False) or bool(burst[k])
+            continue
+        left, right = members.get(ra, [ra]), members.get(rb, [rb])
+        if not _compatible(table, left, right, bool(burst[k]) or bursty.get(ra, False)
+                           or bursty.get(rb, False)):
+            continue
+        if len(left) < len(right):
+            ra, rb, left, right = rb, ra, right, left
+        parent[rb] = ra
+        members[ra] = left + right
+        members.pop(rb, None)
+        bursty[ra] = bursty.get(ra, False) or bursty.pop(rb, False) or bool(burst[k])
+    return [(sorted(m), bursty.get(r, False)) for r, m in members.items()]
+
+
+def _compatible(table: _Table, left: list[int], right: list[int], burst: bool) -> bool:
+    """Whether every member of one side stays within ``chain`` of every member of the other
+    (checked against at most 256 evenly spread members per side, to bound the cost)."""
+    a = np.repeat(_spread(left), min(len(right), 256))
+    b = np.tile(_spread(right), min(len(left), 256))
+    v = judge(table, a, b)
+    close = np.minimum(v.near, v.burst) if burst else v.near
+    return bool((close <= table.limits.chain).all())
+
+
+def _spread(members: list[int], most: int = 256) -> np.ndarray:
+    chosen = np.asarray(members)
+    if chosen.size > most:
+        chosen = chosen[np.linspace(0, chosen.size - 1, most).astype(np.int64)]
+    return chosen
+
+
+# --- the best of each group --------------------------------------------------------------------
+
+
+def _group(pool: Sequence[Item], indices: list[int], burst: bool, contents: int) -> Group:
+    kind: Kind = "exact" if contents == 1 else ("burst" if burst else "near")
+    items = [pool[i] for i in indices]
+    records = [item.record for item in items]
+    scores = score_shots(records)
+    best = min(range(len(items)), key=_preference(items, scores))
+    reasons = explain(records, best)
+    best_hash = records[best].get("hash")
+    for i, record in enumerate(records):
+        if i != best and best_hash and record.get("hash") == best_hash:
+            reasons[i] = ["exact copy of the best"]
+    tied = [i for i in range(len(items)) if round(scores[i], 3) == round(scores[best], 3)]
+    if not reasons[best]:
+        reasons[best] = [_tie_reason(items, tied) if len(tied) > 1 else "best overall score"]
+    for i in range(len(items)):
+        if not reasons[i]:
+            reasons[i] = ["equally good" if i in tied else "lower overall score"]
+    order = sorted(range(len(items)), key=lambda i: (i != best, -scores[i], str(items[i].path)))
+    return Group(kind, items[best],
+                 [Member(str(items[i].path), scores[i], reasons[i]) for i in order])
+
+
+def _preference(items: Sequence[Item], scores: list[float]) -> Callable[[int], tuple[Any, ...]]:
+    """Highest score; then a file with capture metadata; then the oldest; then the shortest path."""
+
+    def key(i: int) -> tuple[Any, ...]:
+        record = items[i].record
+        described = bool((record.get("metadata") or {}).get("taken_local"))
+        mtime = record.get("mtime_ns")
+        mtime = mtime if isinstance(mtime, int) else 0
+        path = str(items[i].path)
+        return (-round(scores[i], 3), not described, mtime, len(path), path)
+
+    return key
+
+
+def _tie_reason(items: Sequence[Item], tied: list[int]) -> str:
+    """Why the best won among members that scored the same (see :func:`_preference`)."""
+    mtimes = {items[i].record.get("mtime_ns") for i in tied}
+    return "oldest file" if len(mtimes) > 1 else "first by name"

@@ -1,0 +1,231 @@
+"""The daemon's work loop: change notices in, reconciled and prioritised work out.
+
+The watcher reports settled changes (a file complete, a folder moved, a root to rescan).
+They are collected as *scopes* (a folder, or a tree) and reconciled together a batch at a
+time, so a move between two folders is recognised as a move and a burst of a thousand
+files costs one reconcile, not a thousand.  Cheap work always goes first; background
+and model work is done in small batches between checks for new cheap work, so a photo
+dropped into a folder is findable by its metadata within a second or two even while a
+large import is being embedded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanpixd.indexer import Indexer, Summary
+from scanpixd.notify import lower_thread_priority
+from scanpixd.pipeline import Tier
+from scanpixd.scan import Scope, reconcile_scopes
+from scanpixd.store import FolderStore
+
+log = logging.getLogger(__name__)
+
+Key = tuple[FolderStore, str]
+LATER_BATCH = 16
+
+
+@dataclass
+class Counters:
+    """Progress the API's status route reports."""
+
+    indexed: int = 0
+    failed: int = 0
+    moved: int = 0
+    removed: int = 0
+    updated: int = 0
+    reconciles: int = 0
+    last_error: str | None = None
+    started: float = field(default_factory=time.time)
+
+
+class Scheduler:
+    """Implements the watcher's change sink and runs the work on one thread."""
+
+    def __init__(self, indexer: Indexer, roots: list[Path],
+                 on_written: Callable[[list[Key]], None] | None = None,
+                 on_deleted: Callable[[list[Key]], None] | None = None):
+        self.indexer = indexer
+        self.roots = list(roots)
+        self.on_written = on_written or (lambda keys: None)
+        self.on_deleted = on_deleted or (lambda keys: None)
+        self.counters = Counters()
+        self.unavailable: dict[str, str] = {}  # stage -> why its model cannot run
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._later_wake = threading.Event()
+        self._active = 0
+        self._scopes: dict[tuple[Path, bool], set[Path] | None] = {}
+        self._later: deque[Key] = deque()
+        self._later_set: set[tuple[Path, str]] = set()
+
+    # -- the change sink (called from the watcher's thread: only record and wake) -----------
+    def file_ready(self, path: Path) -> None:
+        self._add(path.parent, recursive=False, ready=path)
+
+    def file_removed(self, path: Path) -> None:
+        self._add(path.parent, recursive=False, ready=None, trust=False)
+
+    def file_moved(self, src: Path, dst: Path) -> None:
+        self._add(src.parent, recursive=False, ready=None, trust=False)
+        self._add(dst.parent, recursive=False, ready=dst)
+
+    def dir_ready(self, path: Path) -> None:
+        self._add(path, recursive=True, ready=None)
+
+    def dir_moved(self, src: Path, dst: Path) -> None:
+        self._add(src, recursive=True, ready=None, trust=False)
+        self._add(dst, recursive=True, ready=None)
+
+    def dir_removed(self, path: Path) -> None:
+        self._add(path, recursive=True, ready=None, trust=False)
+
+    def rescan(self, root: Path, reason: str = "") -> None:
+        if reason:
+            log.warning("rescanning %s: %s", root, reason)
+        self._add(root, recursive=True, ready=None)
+
+    def set_roots(self, roots: list[Path]) -> None:
+        with self._lock:
+            self.roots = list(roots)
+        for root in roots:
+            self.rescan(root)
+
+    def _add(self, path: Path, recursive: bool, ready: Path | None, trust: bool = True) -> None:
+        """Note a scope; ``ready`` None with ``trust`` means every file in it is complete."""
+        key = (path, recursive)
+        with self._lock:
+            current = self._scopes.get(key, set())
+            if current is None:
+                pass  # already trusting the whole scope
+            elif ready is None and trust:
+                self._scopes[key] = None
+            else:
+                if ready is not None:
+                    current.add(ready)
+                self._scopes[key] = current
+        self._wake.set()
+
+    # -- the work loop ----------------------------------------------------------------------
+    def pending(self) -> dict[str, int]:
+        with self._lock:
+            return {"scopes": len(self._scopes), "later": len(self._later)}
+
+    def idle(self) -> bool:
+        """No work queued or running (tests and benchmarks wait for this)."""
+        with self._lock:
+            return not self._scopes and not self._later and self._active == 0
+
+    def run(self, stop: threading.Event) -> None:
+        """The cheap loop: reconcile what changed and run the cheap tier, at once."""
+        self._loop(stop, self._wake, self._reconcile_pending)
+
+    def run_later(self, stop: threading.Event) -> None:
+        """The slow loop, on its own low-priority thread: previews, faces, CLIP."""
+        lower_thread_priority()
+        self._loop(stop, self._later_wake, self._later_batch)
+
+    def _loop(self, stop: threading.Event, wake: threading.Event, step: Callable[[], bool]) -> None:
+        while not stop.is_set():
+            wake.wait(timeout=1.0)
+            if stop.is_set():
+                return
+            wake.clear()
+            try:
+                while not stop.is_set() and step():
+                    pass
+            except Exception as exc:  # keep serving; the next change or rescan retries
+                log.exception("work loop error")
+                self.counters.last_error = str(exc)
+                wake.set()
+                stop.wait(1.0)
+
+    def _reconcile_pending(self) -> bool:
+        with self._lock:
+            scopes, self._scopes = self._scopes, {}
+            if not scopes:
+                return False
+            self._active += 1
+        try:
+            self._reconcile(scopes)
+        finally:
+            with self._lock:
+                self._active -= 1
+        return True
+
+    def _reconcile(self, scopes: dict[tuple[Path, bool], set[Path] | None]) -> None:
+        built = [s for s in (self._scope(p, r, ready) for (p, r), ready in scopes.items()) if s]
+        plan = reconcile_scopes(built, self.indexer.settings, self.indexer.store,
+                                self.indexer.stages, hash_workers=self.indexer.jobs)
+        self.counters.reconciles += 1
+        if plan.deleted:
+            self.on_deleted(plan.deleted)
+        if plan.written:
+            self.on_written(plan.written)
+        summary = Summary()
+        self.indexer.run_cheap(plan.work, summary)
+        keys = [(item.folder, item.name) for item in plan.work]
+        self.on_written(keys)
+        self._queue_later(keys)
+        self.counters.indexed += summary.indexed
+        self.counters.failed += summary.failed + len(plan.unreadable)
+        self.counters.moved += plan.moved
+        self.counters.removed += plan.removed
+
+    def _scope(self, path: Path, recursive: bool, ready: set[Path] | None) -> Scope | None:
+        root = self._root_of(path)
+        if root is None:
+            return None
+        return Scope(root, path, recursive, ready)
+
+    def _root_of(self, path: Path) -> Path | None:
+        with self._lock:
+            roots = sorted(self.roots, key=lambda r: len(str(r)), reverse=True)
+        for root in roots:
+            if path == root or root in path.parents:
+                return root
+        return None
+
+    def _queue_later(self, keys: list[Key]) -> None:
+        with self._lock:
+            for folder, name in keys:
+                marker = (folder.folder, name)
+                if marker not in self._later_set:
+                    self._later_set.add(marker)
+                    self._later.append((folder, name))
+        self._later_wake.set()
+
+    def _later_batch(self) -> bool:
+        with self._lock:
+            batch = [self._later.popleft() for _ in range(min(LATER_BATCH, len(self._later)))]
+            for folder, name in batch:
+                self._later_set.discard((folder.folder, name))
+            if not batch:
+                return False
+            self._active += 1
+        try:
+            summary = Summary()
+            for tier in (Tier.BACKGROUND, Tier.MODEL):
+                self.indexer.run_later(batch, tier, summary)
+            self.unavailable.update(summary.unavailable)
+            self.counters.updated += len(batch)
+            self.on_written(batch)
+        finally:
+            with self._lock:
+                self._active -= 1
+        return True
+
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "queue": self.pending(), "busy": self._active > 0, "unavailable": self.unavailable,
+            "indexed": c.indexed, "failed": c.failed, "moved": c.moved, "removed": c.removed,
+            "updated": c.updated, "reconciles": c.reconciles, "last_error": c.last_error,
+        }
