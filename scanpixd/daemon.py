@@ -50,7 +50,7 @@ class Daemon:
         self.store = Store(settings)
         self.services = Services(settings)
         self.indexer = Indexer(settings, self.store, self.services, jobs=jobs, stop=self.stop)
-        self.service = LibraryService(settings, self.store, self.services)
+        self.service = LibraryService(settings, self.store, self.services, confine=True)
         self.scheduler = Scheduler(self.indexer, settings.roots,
                                    on_written=self.service.records_written,
                                    on_deleted=self.service.records_deleted)

@@ -198,6 +198,10 @@ def _contents(pool: Sequence[Item]) -> list[list[int]]:
 # --- the columns compared --------------------------------------------------------------------
 
 
+_HASH_FIELDS = (("phash", FINE_BITS), ("dhash", FINE_BITS), ("phash8", COARSE_BITS),
+                ("dhash8", COARSE_BITS))
+
+
 class _Table:
     """Per distinct content: hashes as bit arrays, capture times, camera, CLIP vectors."""
 
@@ -207,62 +211,96 @@ class _Table:
         self.n = n = len(self.records)
         self.window = window
         self.limits = limits
-        self.fine_p = np.zeros((n, FINE_BITS // 8), np.uint8)
-        self.fine_d = np.zeros((n, FINE_BITS // 8), np.uint8)
-        self.coarse_p = np.zeros((n, COARSE_BITS // 8), np.uint8)
-        self.coarse_d = np.zeros((n, COARSE_BITS // 8), np.uint8)
         self.hashed = np.zeros(n, bool)
+        self.fine_p, self.fine_d, self.coarse_p, self.coarse_d = self._read_hashes()
         self.utc = np.full(n, np.nan)
         self.local = np.full(n, np.nan)
         self.precise = np.zeros(n, bool)
-        cameras: dict[str, int] = {}
         self.camera = np.full(n, -1, np.int64)
+        cameras: dict[str, int] = {}
         for i, record in enumerate(self.records):
-            self._hashes(i, record, limits.min_detail)
             self._times(i, record)
             model = _camera(record)
             if model:
                 self.camera[i] = cameras.setdefault(model, len(cameras))
         self._clip: dict[int, tuple[str, np.ndarray] | None] = {}
 
-    def _hashes(self, i: int, record: Record, min_detail: float) -> None:
-        hashes = record.get("hashes")
-        if not isinstance(hashes, dict) or (record.get("media") or {}).get("kind",
-                                                                           "image") != "image":
-            return
-        parts = [parse_hex(hashes.get("phash"), FINE_BITS), parse_hex(hashes.get("dhash"), FINE_BITS),
-                 parse_hex(hashes.get("phash8"), COARSE_BITS),
-                 parse_hex(hashes.get("dhash8"), COARSE_BITS)]
-        detail = hashes.get("detail")
-        if any(p is None for p in parts) or not isinstance(detail, int | float):
-            return
-        if detail < min_detail:
-            return
-        for column, raw in zip((self.fine_p, self.fine_d, self.coarse_p, self.coarse_d), parts,
-                               strict=True):
-            column[i] = np.frombuffer(raw, np.uint8)  # type: ignore[arg-type]
-        self.hashed[i] = True
+    def _read_hashes(self) -> list[np.ndarray]:
+        """The four hashes as (n, bytes) arrays; rows without usable hashes stay unhashed."""
+        rows: list[int] = []
+        texts: list[list[str]] = [[] for _ in _HASH_FIELDS]
+        for i, record in enumerate(self.records):
+            found = _hash_texts(record, self.limits.min_detail)
+            if found is not None:
+                rows.append(i)
+                for column, text in zip(texts, found, strict=True):
+                    column.append(text)
+        arrays = []
+        good = np.ones(len(rows), bool)
+        for column, (_, bits) in zip(texts, _HASH_FIELDS, strict=True):
+            values, valid = _unhex(column, bits // 8)
+            arrays.append(values)
+            good &= valid
+        chosen = np.asarray(rows, np.int64)[good]
+        self.hashed[chosen] = True
+        out = []
+        for values, (_, bits) in zip(arrays, _HASH_FIELDS, strict=True):
+            full = np.zeros((self.n, bits // 8), np.uint8)
+            full[chosen] = values[good]
+            out.append(full)
+        return out
 
     def _times(self, i: int, record: Record) -> None:
-        taken = record.get("taken") or {}
-        metadata = record.get("metadata") or {}
-        utc = _seconds(taken.get("utc") if isinstance(taken, dict) else None, aware=True)
-        if utc is None:
-            utc = _seconds(metadata.get("taken_utc"), aware=True)
-        local_text = (taken.get("local") if isinstance(taken, dict) else None) or metadata.get(
-            "taken_local")
+        taken = record.get("taken")
+        taken = taken if isinstance(taken, dict) else {}
+        metadata = record.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        utc = _seconds(taken.get("utc") or metadata.get("taken_utc"), aware=True)
+        local_text = taken.get("local") or metadata.get("taken_local")
         local = _seconds(local_text, aware=False)
         if utc is not None:
             self.utc[i] = utc
         if local is not None:
             self.local[i] = local
-        text = local_text if isinstance(local_text, str) else ""
-        self.precise[i] = "." in text[10:]
+            self.precise[i] = "." in local_text[19:20]
 
     def clip(self, i: int) -> tuple[str, np.ndarray] | None:
         if i not in self._clip:
             self._clip[i] = _clip_vector(self.records[i])
         return self._clip[i]
+
+
+def _hash_texts(record: Record, min_detail: float) -> list[str] | None:
+    """The record's four hash strings when present, the right size and from enough detail."""
+    hashes = record.get("hashes")
+    if not isinstance(hashes, dict):
+        return None
+    media = record.get("media")
+    if isinstance(media, dict) and media.get("kind", "image") != "image":
+        return None
+    detail = hashes.get("detail")
+    if isinstance(detail, bool) or not isinstance(detail, int | float) or detail < min_detail:
+        return None
+    texts = [hashes.get(name) for name, _ in _HASH_FIELDS]
+    for text, (_, bits) in zip(texts, _HASH_FIELDS, strict=True):
+        if not isinstance(text, str) or len(text) * 4 != bits:
+            return None
+    return texts  # type: ignore[return-value]
+
+
+def _unhex(texts: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hex strings of one width as a (n, width) byte array, and which of them were valid."""
+    valid = np.ones(len(texts), bool)
+    try:
+        raw = bytes.fromhex("".join(texts))
+    except ValueError:
+        parts = []
+        for k, text in enumerate(texts):
+            found = parse_hex(text, width * 8)
+            valid[k] = found is not None
+            parts.append(found if found is not None else bytes(width))
+        raw = b"".join(parts)
+    return np.frombuffer(raw, np.uint8).reshape(len(texts), width), valid
 
 
 def _camera(record: Record) -> str | None:
@@ -313,7 +351,7 @@ _PERMUTATION = np.random.default_rng(0x5CA9D).permutation(FINE_BITS)
 def _chunk_keys(bits: np.ndarray) -> np.ndarray:
     """(n, 16) chunk values of shuffled 256-bit hashes."""
     unpacked = np.unpackbits(bits, axis=1)[:, _PERMUTATION]
-    return np.ascontiguousarray(np.packbits(unpacked, axis=1)).view(">u2").astype(np.int64)
+    return np.ascontiguousarray(np.packbits(unpacked, axis=1)).view(">u2").astype(np.uint16)
 
 
 def _run_pairs(order: np.ndarray, ends: np.ndarray,
@@ -380,7 +418,19 @@ def window_pairs(times: np.ndarray, ids: np.ndarray,
 
 
 def _distance(bits: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(bits[a] ^ bits[b]).sum(axis=1, dtype=np.int32)
+    """Hamming distances of pairs of rows (compared as 64-bit words)."""
+    words = bits.view(np.uint64)
+    return np.bitwise_count(words[a] ^ words[b]).sum(axis=1, dtype=np.int32)
+
+
+def _plausible(table: _Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A cheap first cut: pairs whose pHash is close enough for some rule, or whose capture
+    times allow the coarse rules (most index candidates fail here)."""
+    t = table.limits
+    loosest = max(t.fine_phash, t.edit_phash, t.burst_phash)
+    close = _distance(table.fine_p, a, b) <= loosest
+    same, _, in_window = _moments(table, a, b)
+    return close | same | in_window
 
 
 @dataclass
@@ -469,7 +519,9 @@ class _Linker:
         return lo[first], hi[first], close[first], burst[first]
 
     def _judge_batch(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-        v = judge(self.table, a, b)
+        plausible = _plausible(self.table, a, b)
+        v = judge(self.table, a[plausible], b[plausible])
+        a, b = v.a, v.b
         t = self.table.limits
         as_burst = ("burst" in self.kinds) & v.in_window & (np.minimum(v.near, v.burst) <= 1)
         as_near = ("near" in self.kinds) & ~as_burst & (v.near <= 1)

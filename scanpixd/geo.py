@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,19 +110,19 @@ def _normalize_all(texts: list[str]) -> list[str]:
     return result
 
 
-def valid_gps(gps: Mapping[str, Any] | None) -> tuple[float, float] | None:
+def valid_gps(gps: Any) -> tuple[float, float] | None:
     """``(lat, lon)`` when ``gps`` is a usable position, else None.
 
     Rejects missing, non-numeric, non-finite and out-of-range values (a broken rational
     such as 595404 seconds gives a latitude far past 90) and the 0/0 "null island" that
     cameras write when they have no fix.
     """
-    if type(gps) is not dict and not isinstance(gps, Mapping):
+    if gps is None or (type(gps) is not dict and not isinstance(gps, Mapping)):
         return None
-    lat, lon = gps.get("lat"), gps.get("lon")
-    if not _is_number(lat) or not _is_number(lon):
+    raw_lat, raw_lon = gps.get("lat"), gps.get("lon")
+    if not _is_number(raw_lat) or not _is_number(raw_lon):
         return None
-    lat, lon = float(lat), float(lon)
+    lat, lon = float(raw_lat), float(raw_lon)
     if not (math.isfinite(lat) and math.isfinite(lon)):
         return None
     if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
@@ -132,7 +132,7 @@ def valid_gps(gps: Mapping[str, Any] | None) -> tuple[float, float] | None:
     return lat, lon
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     kind = type(value)
     return kind is float or kind is int or (isinstance(value, int | float) and kind is not bool)
 
@@ -170,7 +170,11 @@ def reverse(lat: float, lon: float) -> dict[str, str | None] | None:
     ``city`` is the nearest town (None beyond 50 km); None as a whole beyond 150 km of any
     town (open sea, polar ice), where a nearest-town answer would name the wrong country.
     """
-    return reverse_many([(lat, lon)])[0]
+    phi, lam = math.radians(lat), math.radians(lon)
+    point = (math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi))
+    gaz = _gazetteer()
+    dist, index = gaz.tree.query(point, k=1)
+    return gaz.place(float(dist), int(index))
 
 
 def reverse_many(coords: Sequence[tuple[float, float]]) -> list[dict[str, str | None] | None]:
@@ -299,6 +303,10 @@ def _chord(metres: float) -> float:
     return 2.0 * math.sin(min(math.pi, metres / EARTH_RADIUS_M) / 2.0)
 
 
+_CITY_CHORD = _chord(CITY_RADIUS_M)
+_PLACE_CHORD = _chord(PLACE_RADIUS_M)
+
+
 @dataclass(frozen=True)
 class _Town:
     name: str
@@ -344,20 +352,19 @@ class _Gazetteer:
 
         arr = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
         dist, idx = self.tree.query(_unit_vectors(arr[:, 0], arr[:, 1]), k=1)
-        city_chord, place_chord = _chord(CITY_RADIUS_M), _chord(PLACE_RADIUS_M)
-        out: list[dict[str, str | None] | None] = []
-        for d, i in zip(dist.tolist(), idx.tolist(), strict=True):
-            if d > place_chord:
-                out.append(None)
-                continue
-            code = self.codes[i]
-            out.append({
-                "city": self.names[i] if d <= city_chord else None,
-                "region": self.regions[i],
-                "country": country_name(code),
-                "country_code": code,
-            })
-        return out
+        return [self.place(d, i) for d, i in zip(dist.tolist(), idx.tolist(), strict=True)]
+
+    def place(self, chord: float, i: int) -> dict[str, str | None] | None:
+        """The answer for town ``i`` found at ``chord`` (unit-sphere distance) away."""
+        if chord > _PLACE_CHORD:
+            return None
+        code = self.codes[i]
+        return {
+            "city": self.names[i] if chord <= _CITY_CHORD else None,
+            "region": self.regions[i],
+            "country": country_name(code),
+            "country_code": code,
+        }
 
     def forward(self) -> _Forward:
         with self._lock:

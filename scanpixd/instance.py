@@ -200,7 +200,8 @@ class InstanceLock:
             return _error(f"{who} already serves {root}", pids[0] if pids else None, root)
         owner, pids = _read_owner(blocked), _holders(blocked)
         held = Path(str(owner["root"])) if owner and owner.get("root") else None
-        current = owner is not None and (not pids or owner.get("pid") in pids)  # not stale
+        writers = _holders(blocked, exclusive=True)
+        current = owner is not None and (not pids or owner.get("pid") in writers)  # not stale
         if owner and current and held is not None and (held == root or held in root.parents):
             pid, purpose = owner.get("pid"), owner.get("purpose", "daemon")
             where = f"{held}" if held == root else f"{held}, which contains {root}"
@@ -228,8 +229,8 @@ def _read_owner(path: Path) -> dict[str, object] | None:
     return value if isinstance(value, dict) else None
 
 
-def _holders(path: Path) -> list[int]:
-    """Pids holding a flock on ``path``, from /proc/locks (empty when it cannot be read)."""
+def _holders(path: Path, *, exclusive: bool = False) -> list[int]:
+    """Pids holding a flock on ``path`` (only exclusive ones if asked), from /proc/locks."""
     try:
         st = os.stat(path)
         lines = Path("/proc/locks").read_text().splitlines()
@@ -240,6 +241,8 @@ def _holders(path: Path) -> list[int]:
     for line in lines:
         fields = line.split()
         if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK" or fields[5] != want:
+            continue
+        if exclusive and fields[3] != "WRITE":
             continue
         with contextlib.suppress(ValueError):
             pid = int(fields[4])

@@ -186,6 +186,7 @@ class _Clusters:
         self._rows: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._means = np.zeros((0, dim), dtype=np.float32)
+        self._squares = np.zeros(0, dtype=np.float32)  # squared length of each mean
         self._dim = dim
 
     def add(self, pid: str, ref: str, encoding: np.ndarray) -> None:
@@ -213,7 +214,8 @@ class _Clusters:
         row = self._rows.pop(pid, None)
         if row is not None:
             self._ids[row] = None
-            self._means[row] = np.inf
+            self._means[row] = 0.0
+            self._squares[row] = np.inf
 
     def mean(self, pid: str) -> np.ndarray:
         return (self._sums[pid] / len(self.members[pid])).astype(np.float32)
@@ -222,7 +224,10 @@ class _Clusters:
         """The person whose mean is nearest ``encoding`` (ignoring ``exclude``) and how near."""
         if not self._rows:
             return None
-        dist = np.linalg.norm(self._means[: len(self._ids)] - encoding, axis=1)
+        count = len(self._ids)
+        vector = np.asarray(encoding, dtype=np.float32)
+        # |m - v|^2 = |m|^2 - 2 m.v + |v|^2: one matrix-vector product for all persons
+        dist = self._squares[:count] - 2.0 * (self._means[:count] @ vector)
         for pid in exclude:
             row = self._rows.get(pid)
             if row is not None:
@@ -231,7 +236,7 @@ class _Clusters:
         found = self._ids[row]
         if found is None or not np.isfinite(dist[row]):
             return None
-        return found, float(dist[row])
+        return found, float(np.linalg.norm(self._means[row] - vector))
 
     def _refresh(self, pid: str) -> None:
         row = self._rows.get(pid)
@@ -239,10 +244,15 @@ class _Clusters:
             row = self._rows[pid] = len(self._ids)
             self._ids.append(pid)
             if row >= len(self._means):
-                grown = np.full((max(16, 2 * len(self._means)), self._dim), np.inf, np.float32)
-                grown[: len(self._means)] = self._means
-                self._means = grown
-        self._means[row] = self.mean(pid)
+                size = max(16, 2 * len(self._means))
+                means = np.zeros((size, self._dim), np.float32)
+                means[: len(self._means)] = self._means
+                squares = np.full(size, np.inf, np.float32)
+                squares[: len(self._squares)] = self._squares
+                self._means, self._squares = means, squares
+        mean = self.mean(pid)
+        self._means[row] = mean
+        self._squares[row] = float(mean @ mean)
 
 
 
@@ -258,11 +268,14 @@ class People:
         self._lock = threading.RLock()
         self._faces: dict[str, _Face] = {}  # ref -> face
         self._face_count: dict[str, int] = {}  # content hash -> faces found in it
+        self._face_sig: dict[str, str] = {}  # content hash -> digest of its face entries
         self._paths: dict[str, set[PathKey]] = {}  # content hash -> files holding it
         self._by_path: dict[PathKey, str] = {}  # file -> content hash
         self._assigned: dict[str, str] = {}  # ref -> person id
         self._clusters = _Clusters()
         self._cache_dirty = False
+        self._anchor_map: dict[str, str] | None = None  # ref -> anchored person, derived
+        self._anchored_ids: set[str] = set()
 
     @classmethod
     def load(
@@ -280,6 +293,7 @@ class People:
         people = cls(store, roots, threshold)
         with people._lock:
             people.choices = people._read_choices()
+            people._choices_changed()
             cached = people._read_cache()
             for folder, record in records:
                 people._register(Path(folder), record)
@@ -360,26 +374,31 @@ class People:
             pid = self._existing(person_id)
             self.choices.names[pid] = (name.strip(), _now())
             self.choices.anchors.setdefault(pid, set()).update(self._clusters.members[pid])
+            self._choices_changed()
             self.save()
             return pid
 
     def merge(self, into: str, other: str) -> str:
-        """Make ``other`` part of ``into`` for good; returns the surviving id."""
+        """Make ``other`` part of ``into`` for good; returns the surviving id.
+
+        Faces the user rejected from ``into`` go to their next nearest person instead.
+        """
         with self._lock:
             keep, gone = self._existing(into), self._existing(other)
             if keep == gone:
                 return keep
-            moved = set(self._clusters.members[gone])
-            for ref in sorted(moved):
-                self._move(ref, keep)
-                self.choices.rejects.get(ref, set()).discard(keep)
-            anchors = self.choices.anchors.setdefault(keep, set())
-            anchors.update(self._clusters.members[keep])
-            self.choices.anchors.pop(gone, None)
             self.choices.aliases[gone] = keep
             if self.choices.name_of(keep) is None and self.choices.name_of(gone):
                 self.choices.names[keep] = (self.choices.names[gone][0], _now())
-            self._cache_dirty = True
+            self._choices_changed()
+            for ref in sorted(self._clusters.members[gone]):
+                self._unassign(ref)
+                if keep in self.choices.rejected(ref):
+                    self._place(ref, settle=False)
+                else:
+                    self._join(ref, keep)
+            self.choices.anchors.setdefault(keep, set()).update(self._clusters.members[keep])
+            self._choices_changed()
             self.save()
             return keep
 
@@ -388,9 +407,7 @@ class People:
         with self._lock:
             pid = self.choices.resolve(person_id)
             self.choices.rejects.setdefault(ref, set()).add(pid)
-            for owner, refs in self.choices.anchors.items():
-                if self.choices.resolve(owner) == pid:
-                    refs.discard(ref)
+            self._choices_changed()
             moved_to = None
             if self._assigned.get(ref) == pid:
                 self._unassign(ref)
@@ -404,8 +421,9 @@ class People:
         """Write the choices (merged with what is on disk) and the cache to every root."""
         with self._lock:
             before = self.choices.to_json()
-            self.choices.update(self._read_choices(include_conflicts=True))
+            self.choices.update(self._read_choices())
             if self.choices.to_json() != before:
+                self._choices_changed()
                 self._recluster()  # another writer decided something meanwhile
             for root in self._online_roots():
                 self._write_root(root)
@@ -413,9 +431,11 @@ class People:
 
     def _write_root(self, root: Path) -> None:
         directory = self.store.library_dir(root)
+        choices = self.choices.to_json()
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(directory / CHOICES_FILE, self.choices.to_json())
+            if atomic.read_json(directory / CHOICES_FILE) != choices:
+                atomic.write_json(directory / CHOICES_FILE, choices)
             for conflict in directory.glob("people.sync-conflict-*.json"):
                 conflict.unlink(missing_ok=True)
             if self._cache_dirty or not (directory / CACHE_FILE).exists():
@@ -426,13 +446,12 @@ class People:
     def _online_roots(self) -> builtins.list[Path]:
         return [root for root in self.roots if root.is_dir()]
 
-    def _read_choices(self, include_conflicts: bool = True) -> Choices:
+    def _read_choices(self) -> Choices:
         merged = Choices()
         for root in self._online_roots():
             directory = self.store.library_dir(root)
             files = [directory / CHOICES_FILE]
-            if include_conflicts:
-                files += sorted(directory.glob("people.sync-conflict-*.json"))
+            files += sorted(directory.glob("people.sync-conflict-*.json"))
             for path in files:
                 merged.update(Choices.from_json(atomic.read_json(path)))
         return merged
@@ -475,9 +494,14 @@ class People:
                 self._by_path[key] = content
                 self._paths.setdefault(content, set()).add(key)
         entries = record.get("faces")
-        if not content or content in self._face_count or not isinstance(entries, list):
+        if not content or not isinstance(entries, list):
             return []
+        signature = _signature(entries)
+        if self._face_sig.get(content) == signature:
+            return []
+        self._drop_faces(content)  # detected again (a newer faces stage): start over
         self._face_count[content] = len(entries)
+        self._face_sig[content] = signature
         new = []
         for index, entry in enumerate(entries):
             face = _parse_face(entry)
@@ -494,6 +518,10 @@ class People:
         if keys:
             return
         self._paths.pop(content, None)
+        self._drop_faces(content)
+
+    def _drop_faces(self, content: str) -> None:
+        self._face_sig.pop(content, None)
         for index in range(self._face_count.pop(content, 0)):
             ref = face_ref(content, index)
             self._unassign(ref)
@@ -539,9 +567,21 @@ class People:
         self._unassign(ref)
         self._join(ref, pid)
 
+    def _choices_changed(self) -> None:
+        self._anchor_map = None
+
+    def _anchors(self) -> dict[str, str]:
+        """Which person each anchored face belongs to (the smallest id if several)."""
+        if self._anchor_map is None:
+            found: dict[str, str] = {}
+            for pid, refs in sorted(self.choices.anchored().items(), reverse=True):
+                found.update(dict.fromkeys(refs, pid))
+            self._anchor_map = found
+            self._anchored_ids = set(found.values())
+        return self._anchor_map
+
     def _anchor_of(self, ref: str) -> str | None:
-        owners = sorted(pid for pid, refs in self.choices.anchored().items() if ref in refs)
-        return owners[0] if owners else None
+        return self._anchors().get(ref)
 
     def _place(self, ref: str, settle: bool = True) -> None:
         """Put one unassigned face with its anchor, the nearest person, or a new person."""
@@ -571,15 +611,17 @@ class People:
         return True
 
     def _confirmed(self, pid: str) -> bool:
-        return bool(self.choices.name_of(pid) or self.choices.anchored().get(pid))
+        self._anchors()
+        return bool(self.choices.name_of(pid)) or pid in self._anchored_ids
 
     def _can_merge(self, a: str, b: str) -> bool:
         if self._confirmed(a) and self._confirmed(b):
             return False
-        members = self._clusters.members
-        return not any(b in self.choices.rejected(r) for r in members[a]) and not any(
-            a in self.choices.rejected(r) for r in members[b]
-        )
+        for ref in self.choices.rejects:
+            owner = self._assigned.get(ref)
+            if owner in (a, b) and ({a, b} - {owner}) & self.choices.rejected(ref):
+                return False
+        return True
 
     def _fresh_id(self, ref: str) -> str:
         taken = set(self._clusters.members) | set(self.choices.aliases) | set(self.choices.names)
@@ -594,26 +636,25 @@ class People:
             pid = self._anchor_of(ref) or self.choices.resolve(cached.get(ref, ""))
             if pid and pid not in self.choices.rejected(ref):
                 self._join(ref, pid)
-        for ref in sorted(self._faces):
-            if ref not in self._assigned:
-                self._place(ref)
-        self._cache_dirty = False
+        missing = sorted(ref for ref in self._faces if ref not in self._assigned)
+        for ref in missing:
+            self._place(ref)
+        self._cache_dirty = bool(missing)
 
     def _recluster(self) -> None:
         old = dict(self._assigned)
         self._assigned, self._clusters = {}, _Clusters()
-        anchored = self.choices.anchored()
-        for pid in sorted(anchored):
-            for ref in sorted(anchored[pid]):
-                if ref in self._faces and ref not in self._assigned:
-                    self._join(ref, pid)
+        anchors = self._anchors()
+        for ref in sorted(anchors):
+            if ref in self._faces:
+                self._join(ref, anchors[ref])
         for ref in sorted(self._faces):
             if ref not in self._assigned:
                 self._place(ref, settle=False)
         while any([self._settle(pid) for pid in sorted(self._clusters.members)]):
             pass
-        self._reassign(set().union(*anchored.values()) if anchored else set())
-        self._keep_ids(old, set(anchored))
+        self._reassign(set(anchors))
+        self._keep_ids(old, set(anchors.values()))
         self._cache_dirty = True
 
     def _reassign(self, anchored: set[str]) -> None:
@@ -641,7 +682,7 @@ class People:
                 if ref in old:
                     counts[old[ref]] = counts.get(old[ref], 0) + 1
             overlaps += [(-n, pid, prev) for prev, n in counts.items()]
-        final: dict[str, str] = {}
+        final = {pid: pid for pid in self._clusters.members if pid in fixed}
         used = set(fixed)
         for _, pid, prev in sorted(overlaps):
             if pid not in final and prev not in used and prev not in self.choices.aliases:
@@ -667,6 +708,14 @@ class People:
 
 def _under(folder: Path, root: Path) -> bool:
     return folder == root or root in folder.parents
+
+
+def _signature(entries: builtins.list[Any]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for entry in entries:
+        encoding = entry.get("encoding") if isinstance(entry, dict) else None
+        digest.update(str(encoding).encode() + b"|")
+    return digest.hexdigest()
 
 
 def _parse_face(entry: Any) -> _Face | None:

@@ -132,12 +132,17 @@ class _Root:
 
     def public(self, raw: str | bytes) -> Path | None:
         """The configured-namespace path of a watched path, or None when outside the root."""
+        rel = self.rel_raw(raw)
+        return None if rel is None else (self.path / rel if rel else self.path)
+
+    def rel_raw(self, raw: str | bytes) -> str | None:
+        """A watched path relative to the root ("" for the root), or None when outside it."""
         text = os.fsdecode(raw)
         real = str(self.real)
         if text == real:
-            return self.path
+            return ""
         prefix = real if real.endswith("/") else real + "/"
-        return self.path / text[len(prefix):] if text.startswith(prefix) else None
+        return text[len(prefix):] if text.startswith(prefix) else None
 
     def rel(self, path: Path) -> str:
         return "" if path == self.path else path.relative_to(self.path).as_posix()
@@ -183,12 +188,8 @@ if InotifyFD is not None:
             self._report = report
 
         def add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
-            public = self._root.public(path)
-            if (
-                public is not None
-                and public != self._root.path
-                and self._excluder.excluded(self._root.rel(public), is_dir=True)
-            ):
+            rel = self._root.rel_raw(path)
+            if rel and self._excluder.excluded(rel, is_dir=True):
                 raise _Skipped(errno.EPERM, "excluded", os.fsdecode(path))
             try:
                 return super().add_callback(path, mask, callback, id_)
@@ -216,8 +217,7 @@ def _filtered_scandir(root: _Root, excluder: Excluder) -> Callable[[str | None],
     """``os.scandir`` for the polling snapshot that leaves excluded entries out."""
 
     def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
-        parent = root.public(path or "")
-        parent_rel = root.rel(parent) if parent is not None else ""
+        parent_rel = root.rel_raw(path or "") or ""
         with os.scandir(path) as entries:
             for entry in entries:
                 is_dir = entry.is_dir(follow_symlinks=False)
@@ -746,13 +746,12 @@ class Watcher:
             _halt(observer, join=root.mode != "polling")  # a hung network mount must not hang us
 
     def _fall_back(self, root: _Root, detail: str, *, rescan: bool) -> None:
-        limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
         self._stop_observer(root)
         reason = "inotify watch limit reached"
         self._warn(
             root,
             f"{reason} under {root.path}{f' ({detail})' if detail else ''}: "
-            f"fs.inotify.max_user_watches={limit or '?'}; watching it by polling every "
+            f"{_watch_limit()}; watching it by polling every "
             f"{self._poll_interval:.0f} s instead. Raise the limit (for example "
             f"sysctl fs.inotify.max_user_watches=524288) and restart scanpixd to use inotify.",
         )
@@ -789,10 +788,17 @@ class Watcher:
                 except Exception:  # one bad event must not stop watching
                     log.exception("watch: cannot handle %r", message)
             for kind, args in self._coalescer.due(now, self._still_online):
-                try:
-                    getattr(self._sink, kind)(*args)
-                except Exception:
-                    log.exception("watch: %s%r failed in the sink", kind, args)
+                self._deliver(kind, args)
+
+    def _deliver(self, kind: str, args: tuple[Any, ...]) -> None:
+        method = getattr(self._sink, kind, None)
+        if method is None:  # an older sink without root_offline: the status still says so
+            log.debug("watch: the sink has no %s%r", kind, args)
+            return
+        try:
+            method(*args)
+        except Exception:
+            log.exception("watch: %s%r failed in the sink", kind, args)
 
     def _handle(self, message: tuple[Any, ...], now: float) -> None:
         kind, coalescer = message[0], self._coalescer
@@ -902,6 +908,15 @@ def _read_int(path: str) -> int | None:
         return int(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _watch_limit() -> str:
+    """The inotify watch limit in force, named as the sysctl that sets it."""
+    system = _read_int("/proc/sys/fs/inotify/max_user_watches")
+    here = _read_int("/proc/sys/user/max_inotify_watches")  # this user namespace's own limit
+    if here is not None and (system is None or here < system):
+        return f"user.max_inotify_watches={here}"
+    return f"fs.inotify.max_user_watches={system if system is not None else '?'}"
 
 
 def _mounts() -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from scanpixd.config import ClipSettings, Settings
+from scanpixd.indexer import Summary
 
 TINY_CONFIG = {
     "embed_dim": 64,
@@ -62,8 +63,9 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> TinyClip:
     return TinyClip(config, checkpoint)
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
+@pytest.fixture(scope="session", name="tiny_clip")
+def tiny_clip_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
+    """Import this into a test module; tests then ask for ``tiny_clip``."""
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
@@ -83,3 +85,20 @@ def recompressed(path: Path, target: Path, quality: int = 35) -> Path:
         im.convert("RGB").save(buffer, "JPEG", quality=quality)
     target.write_bytes(buffer.getvalue())
     return target
+
+
+def index_with_clip(settings: Settings, *roots: Path) -> Summary:
+    """Index ``roots`` with the stages CLIP needs (decode, thumbnails, embeddings) only."""
+    from scanpixd.indexer import Indexer
+    from scanpixd.pipeline import Services
+    from scanpixd.pipeline.embed import EmbedStage
+    from scanpixd.pipeline.media import MediaStage
+    from scanpixd.pipeline.thumbs import ThumbsStage
+
+    services = Services(settings)
+    stages = [MediaStage(services), ThumbsStage(services), EmbedStage(services)]
+    indexer = Indexer(settings, services=services, stages=stages)
+    try:
+        return indexer.index(list(roots))
+    finally:
+        indexer.close()

@@ -36,7 +36,7 @@ TAGS = ("-DateTimeOriginal", "-OffsetTimeOriginal", "-QuickTime:CreateDate", "-C
         "-GPSLatitude", "-GPSLongitude", "-GPSAltitude", "-Make", "-Model")
 
 
-def corpora() -> Path:
+def corpus_root() -> Path:
     if not CORPORA.is_dir():
         pytest.skip("the shared corpora are not beside the project")
     return CORPORA
@@ -126,9 +126,3 @@ def write_tags(path: Path, *args: str) -> None:
     """Write tags into a file in place with exiftool (``"-GPS:all="``, ``"-DateTimeOriginal=…"``)."""
     subprocess.run([exiftool(), "-q", "-overwrite_original", *args, str(path)], check=True,
                    capture_output=True, timeout=60)
-
-
-def settings_with(settings: Settings, home: str = "", window: float = 6.0) -> Settings:
-    settings.time.home_timezone = home
-    settings.time.neighbour_window = window
-    return settings

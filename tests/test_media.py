@@ -256,7 +256,8 @@ def test_sniff_trusts_a_raw_extension_only_for_tiff_content(tmp_path: Path) -> N
     assert sniff(jpeg).format == "JPEG" and not sniff(jpeg).raw
 
 
-def test_raw_without_preview_falls_back_to_its_tiff_image(tmp_path: Path, settings: Settings) -> None:
+def test_raw_without_preview_falls_back_to_its_tiff_image(tmp_path: Path,
+                                                           settings: Settings) -> None:
     settings.exiftool.path = str(tmp_path / "no-exiftool-here")
     path = tmp_path / "scan.nef"
     marked_picture((60, 40)).save(path, "TIFF")

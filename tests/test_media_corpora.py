@@ -148,7 +148,8 @@ def test_heic_files_decode_with_their_frames(sweep: Sweep) -> None:
     assert burst["status"] == "ok" and burst["media"]["frames"] == 4
     phone = sweep["metadata-extractor-images/heic/IMG_2927.HEIC"]["media"]
     assert (phone["format"], phone["width"], phone["height"]) == ("HEIF", 3024, 4032)
-    assert sweep.thumbnail("metadata-extractor-images/heic/IMG_2927.HEIC", "1024").size == (768, 1024)
+    thumb = sweep.thumbnail("metadata-extractor-images/heic/IMG_2927.HEIC", "1024")
+    assert thumb.size == (768, 1024)
     assert sweep["Pillow/Tests/images/avif/exif.avif"]["media"]["format"] == "AVIF"
 
 
@@ -168,4 +169,4 @@ def test_corpus_videos_get_a_poster_and_a_preview(settings: Settings, relative: 
         assert (poster.width > poster.height) == (media["width"] > media["height"])
     preview = job.folder.asset_path(job.record["preview"]["webm"], "previews")
     assert preview.stat().st_size > 500
-    assert str(CORPORA) not in str(preview)  # nothing is written into the corpora
+    assert not preview.is_relative_to(CORPORA)  # nothing is written into the corpora

@@ -252,3 +252,17 @@ def test_clip_and_photo_of_one_performer_are_one_person(tmp_path: Path, store: S
     (lin,) = by_files[2]
     faces = people.faces_of(lin)
     assert {f.time is None for f in faces} == {True, False}
+
+
+def test_redetected_and_damaged_face_entries(tmp_path: Path, store: Store) -> None:
+    corpus()
+    root = tmp_path / "lib"
+    ((folder, record),) = library(root, ["examples/two_people.jpg"])
+    people = People.load(store, [root], [(folder, record)])
+    assert len(people.list()) == 2
+    record["faces"] = record["faces"][:1] + [{"encoding": "!!not base64", "box": [0]}, "junk"]
+    assert len(people.assign_new(folder, record)) == 1
+    assert len(people.list()) == 1
+    record["faces"] = []
+    assert people.assign_new(folder, record) == set()
+    assert people.list() == []

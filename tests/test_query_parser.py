@@ -6,7 +6,7 @@ import doctest
 from datetime import date
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scanpixd.query.parser as parser_module
@@ -366,16 +366,19 @@ def _check(query: str | list[str]) -> None:
         assert parse(str(result)) == result
 
 
+@settings(deadline=None)  # a loaded machine must not turn slowness into failure
 @given(st.text())
 def test_any_text_parses_or_raises_query_error(text: str) -> None:
     _check(text)
 
 
+@settings(deadline=None)  # a loaded machine must not turn slowness into failure
 @given(QUERYISH)
 def test_syntax_soup_parses_or_raises_query_error(text: str) -> None:
     _check(text)
 
 
+@settings(deadline=None)  # a loaded machine must not turn slowness into failure
 @given(st.lists(st.one_of(st.text(max_size=20), QUERYISH), max_size=5))
 def test_any_argv_parses_or_raises_query_error(argv: list[str]) -> None:
     _check(argv)
@@ -393,6 +396,7 @@ PIECE = st.one_of(
 )
 
 
+@settings(deadline=None)  # a loaded machine must not turn slowness into failure
 @given(st.lists(PIECE, max_size=8).map(" ".join))
 def test_generated_queries_round_trip(text: str) -> None:
     _check(text)

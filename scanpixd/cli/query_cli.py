@@ -1,41 +1,238 @@
-"""``scanpix-query``: ask the library (through the daemon when it runs, else from the sidecars)."""
+"""``scanpix-query``: ask the library, through the daemon when it runs, else from the sidecars.
+
+Exit codes: 0 when the command ran (no results is still 0), 2 for a bad query or bad
+arguments, 69 when a needed model is unavailable, 1 for other errors.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import Any
 
 import click
-import orjson
 
+from scanpixd.cli import output
+from scanpixd.cli.backend import open_backend
 from scanpixd.cli.common import config_option, reports_errors, settings_from
 from scanpixd.errors import UsageError
+from scanpixd.query.parser import parse
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _DefaultToSearch(click.Group):
+    """``scanpix-query dog beach`` means ``scanpix-query search dog beach``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["search", *args]
+        return super().parse_args(ctx, args)
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every listing command shares: where to ask and how to show the answer."""
+
+    @config_option
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--paths", "as_paths", is_flag=True, help="Print only paths, one per line.")
+    @click.option("--links", "links_dir", type=click.Path(path_type=Path, file_okay=False),
+                  help="Make a folder of symlinks to the results.")
+    @click.option("--open", "open_links", is_flag=True, help="Open the results folder (xdg-open).")
+    @click.option("--direct", is_flag=True, help="Read the sidecars even if the daemon runs.")
+    @wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        return func(**kwargs)
+
+    return wrapper
+
+
+@click.group(cls=_DefaultToSearch, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scanpixd")
 def main() -> None:
-    """Search and inspect a scanpixd library."""
+    """Search and inspect a scanpixd library (QUERY... searches; see `search --help`)."""
+
+
+def _backend(config_path: Path | None, direct: bool, hint: Path | None = None) -> Any:
+    settings = settings_from(config_path)
+    if not settings.roots and hint is not None:
+        settings.roots = [hint if hint.is_dir() else hint.parent]
+    return open_backend(settings, direct=direct)
+
+
+def _show_results(data: dict[str, Any], as_json: bool, as_paths: bool, links_dir: Path | None,
+                  open_links: bool) -> None:
+    results = data.get("results", [])
+    if open_links and links_dir is None:
+        links_dir = output.default_links_dir()
+    if links_dir is not None:
+        folder = output.make_links(links_dir, [("", [r["path"] for r in results])])
+        if open_links:
+            output.open_folder(folder)
+    if as_json:
+        output.print_json(data)
+    elif as_paths:
+        output.print_paths(r["path"] for r in results)
+    elif links_dir is None:
+        output.print_results_table(results)
+    else:
+        click.echo(f"{len(results)} results in {links_dir}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("query", nargs=-1, required=True)
+@click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@_common
+@reports_errors
+def search(query: tuple[str, ...], limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
+           links_dir: Path | None, open_links: bool, direct: bool) -> None:
+    """Search by meaning and filters, e.g. `"dog on the beach" date:2023 -snow`."""
+    parsed = parse(list(query))  # early, with the position of any error
+    parsed = _absolute_similar(parsed)
+    backend = _backend(config_path, direct)
+    data = backend.search(str(parsed), limit)
+    _show_results(data, as_json, as_paths, links_dir, open_links)
+
+
+def _absolute_similar(query: Any) -> Any:
+    """``similar:`` paths relative to here, made absolute (the daemon runs elsewhere)."""
+    from dataclasses import replace
+
+    similar = tuple(replace(s, path=str(Path(s.path).expanduser().absolute())) for s in query.similar)
+    return replace(query, similar=similar)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@_common
+@reports_errors
+def similar(path: Path, limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
+            links_dir: Path | None, open_links: bool, direct: bool) -> None:
+    """Photos that look like PATH (a library file or any image)."""
+    path = path.absolute()
+    data = _backend(config_path, direct, path).similar(path, limit)
+    _show_results(data, as_json, as_paths, links_dir, open_links)
+
+
+@main.command("same-day")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-n", "--limit", type=click.IntRange(1, 1000), default=200, show_default=True)
+@_common
+@reports_errors
+def same_day(path: Path, limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
+             links_dir: Path | None, open_links: bool, direct: bool) -> None:
+    """Photos taken on the same (local) day as PATH."""
+    backend = _backend(config_path, True, path.absolute())
+    _show_results(backend.same_day(path.absolute(), limit), as_json, as_paths, links_dir, open_links)
+
+
+@main.command("same-place")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-n", "--limit", type=click.IntRange(1, 1000), default=200, show_default=True)
+@click.option("--radius", type=click.FloatRange(0.01, 1000), default=1.0, show_default=True,
+              help="Kilometres around PATH's position.")
+@_common
+@reports_errors
+def same_place(path: Path, limit: int, radius: float, config_path: Path | None, as_json: bool,
+               as_paths: bool, links_dir: Path | None, open_links: bool, direct: bool) -> None:
+    """Photos taken within --radius km of where PATH was taken."""
+    backend = _backend(config_path, True, path.absolute())
+    data = backend.same_place(path.absolute(), limit, radius * 1000)
+    _show_results(data, as_json, as_paths, links_dir, open_links)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--exact", "kinds", flag_value="exact", multiple=True, help="Exact copies only.")
+@click.option("--near", "kinds", flag_value="near", multiple=True, help="Near-duplicates only.")
+@click.option("--bursts", "kinds", flag_value="burst", multiple=True, help="Bursts only.")
+@_common
+@reports_errors
+def duplicates(path: Path | None, kinds: tuple[str, ...], config_path: Path | None, as_json: bool,
+               as_paths: bool, links_dir: Path | None, open_links: bool, direct: bool) -> None:
+    """Groups of exact copies, near-duplicates and bursts (in PATH), with the best pick."""
+    path = path.absolute() if path else None
+    data = _backend(config_path, direct, path).duplicates(path, set(kinds) or {"exact", "near", "burst"})
+    groups = data.get("groups", [])
+    if open_links and links_dir is None:
+        links_dir = output.default_links_dir()
+    if links_dir is not None:
+        named = [(f"{i:03d} {g['kind']}", [m["path"] for m in g["members"]]) for i, g in enumerate(groups, 1)]
+        folder = output.make_links(links_dir, named)
+        if open_links:
+            output.open_folder(folder)
+    if as_json:
+        output.print_json(data)
+    elif as_paths:
+        output.print_paths(m["path"] for g in groups for m in g["members"])
+    elif links_dir is None:
+        output.print_groups_table(groups)
+    else:
+        click.echo(f"{len(groups)} groups in {links_dir}")
+
+
+@main.command()
+@click.option("--name", nargs=2, metavar="ID NAME", help="Name (or rename) a person.")
+@click.option("--merge", nargs=2, metavar="ID INTO", help="Merge person ID into person INTO.")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--direct", is_flag=True, help="Read the sidecars even if the daemon runs.")
+@reports_errors
+def people(name: tuple[str, str] | None, merge: tuple[str, str] | None, config_path: Path | None,
+           as_json: bool, direct: bool) -> None:
+    """List the people found in the library, or name and merge them."""
+    backend = _backend(config_path, direct)
+    if name:
+        backend.name_person(name[0], name[1])
+    if merge:
+        backend.merge_people(merge[0], merge[1])
+    data = backend.people()
+    if as_json:
+        output.print_json(data)
+    else:
+        output.print_people_table(data.get("people", []))
 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--direct", is_flag=True, help="Read the sidecars even if the daemon runs.")
 @reports_errors
-def info(path: Path, config_path: Path | None, as_json: bool) -> None:
+def info(path: Path, config_path: Path | None, as_json: bool, direct: bool) -> None:
     """Show everything scanpixd knows about one file."""
     from scanpixd.inspect import describe
 
-    settings = settings_from(config_path)
     path = path.expanduser().absolute()
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    data = describe(path, settings)
+    data = describe(path, settings_from(config_path))
     if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        output.print_json(data)
         return
-    for key in ("path", "status", "error", "kind", "taken", "place", "camera", "size"):
+    for key in ("path", "status", "error", "media", "taken", "place", "hashes", "thumbs"):
         if data.get(key) not in (None, "", {}):
             click.echo(f"{key:>8}: {data[key]}")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--direct", is_flag=True, help="Report on the sidecars even if the daemon runs.")
+@reports_errors
+def status(config_path: Path | None, as_json: bool, direct: bool) -> None:
+    """The daemon's (or the library's) state: roots, queue, models, counts."""
+    data = _backend(config_path, direct).status()
+    if as_json:
+        output.print_json(data)
+        return
+    click.echo(f"items: {data.get('items')}  (daemon: {'yes' if 'work' in data else 'no'})")
+    for root, info in data.get("roots", {}).items():
+        click.echo(f"root {root}: {'online' if info.get('online', True) else 'OFFLINE'}")
+    for name, model in data.get("models", {}).items():
+        click.echo(f"model {name}: {model.get('state')}" + (f" ({model['error']})" if model.get("error") else ""))
+    if "work" in data:
+        click.echo(f"work: {data['work']}")
 
 
 if __name__ == "__main__":

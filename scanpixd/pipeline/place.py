@@ -1,8 +1,9 @@
 """The place stage: where a geotagged item was taken, from its GPS position, offline.
 
 Sets ``record["place"]`` to ``{"city", "region", "country", "country_code", "timezone"}``
-(see :mod:`scanpixd.geo`; any name may be null far from towns, at sea), or null when
-the item has no usable position.  The IANA zone is
+(see :mod:`scanpixd.geo`), or null when the item has no usable position.  Names are
+null on the open sea (where the zone is a nautical ``Etc/GMT±N``: the nearest town would
+name a country the photo was not taken in) and far from any town.  The IANA zone is
 looked up here, once per file, so the library-wide time inference
 (:mod:`scanpixd.timeinfer`) is plain arithmetic on every later pass.
 """
@@ -38,7 +39,13 @@ class PlaceStage(Stage):
         if position is None:  # none, or one geo.valid_gps rejects (0/0, out of range)
             job.record[self.name] = None
             return
-        place = geo.reverse(*position) or dict.fromkeys(
-            ("city", "region", "country", "country_code"))
-        place["timezone"] = geo.timezone_at(*position)
+        zone = geo.timezone_at(*position)
+        place = None if _at_sea(zone) else geo.reverse(*position)
+        place = place or dict.fromkeys(("city", "region", "country", "country_code"))
+        place["timezone"] = zone
         job.record[self.name] = place
+
+
+def _at_sea(zone: str | None) -> bool:
+    """Outside every country's territorial waters, time zones are the nautical ``Etc/GMT±N``."""
+    return zone is not None and zone.startswith("Etc/")

@@ -69,7 +69,8 @@ def _open(path: Path, budget: float) -> Iterator[_Video]:
         stream = _video_stream(container)
         stream.codec_context.thread_type = "AUTO"
         start = _seconds(stream.start_time, stream.time_base) or 0.0
-        video = _Video(container, stream, time.monotonic() + budget, start, _duration(container, stream))
+        deadline = time.monotonic() + budget
+        video = _Video(container, stream, deadline, start, _duration(container, stream))
         yield video
     finally:
         container.close()
@@ -301,9 +302,11 @@ def _by_seeking(video: _Video, pool: int, max_size: int, errors: list[str]) -> l
     return found
 
 
-def _choose(candidates: list[_Candidate], max_frames: int, duration: float | None) -> list[_Candidate]:
+def _choose(candidates: list[_Candidate], max_frames: int,
+            duration: float | None) -> list[_Candidate]:
     """The first frame, the strongest scene changes, then evenly spaced frames to fill up."""
-    distances = [1.0] + [_distance(a.hist, b.hist) for a, b in zip(candidates, candidates[1:], strict=False)]
+    pairs = zip(candidates, candidates[1:], strict=False)
+    distances = [1.0] + [_distance(a.hist, b.hist) for a, b in pairs]
     cuts = sorted((i for i, d in enumerate(distances) if i and d >= SCENE_THRESHOLD),
                   key=lambda i: -distances[i])
     chosen = {0, *cuts[: max_frames - 1]}

@@ -279,7 +279,7 @@ class TypeFilter(Filter):
 
     def match(self, item: ItemView, ctx: MatchContext) -> bool:
         kind = _dig(item.record, "media", "kind")
-        return {"image": "photo", "video": "video"}.get(kind) == self.kind
+        return (kind == "image" and self.kind == "photo") or (kind == "video" == self.kind)
 
     def value_text(self) -> str:
         return self.kind

@@ -1,0 +1,160 @@
+"""Faces: clustering quality on the face corpus and detection throughput on two cores.
+
+Run ``python -m benchmarks.bench_faces``.  Prints:
+
+* pairwise precision and recall of the people clustering against the corpus truth
+  (folder and file names say who is in each photo), for a full recluster and for
+  incremental assignment in shuffled orders, at a few thresholds.  Precision: of the
+  face pairs put in one person, the share that are one person; recall: of the pairs
+  that are one person, the share put together.  Each distinct face counts once;
+* faces/s and photos/s of the faces stage's detection path (working image of at most
+  1024 px) with one and with two worker processes, against a naive reference measured
+  in the same run: full decode and detection at full resolution, one process (what a
+  plain face_recognition loop does).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import random
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scanpixd.config import FaceSettings, Settings
+from scanpixd.models.faces import FaceModel
+from scanpixd.people import People, face_ref
+from scanpixd.store import Store
+from tests.helpers_faces import TRUTH, corpus, faces_record, library, working_image
+
+THRESHOLDS = (0.4, 0.5, 0.6)
+ORDERS = 5
+PHOTOS = 12  # photos timed for throughput (the naive reference is slow)
+
+
+def truth() -> dict[str, str]:
+    """Identity of every distinct face; unnamed faces are each their own identity."""
+    labels: dict[str, str] = {}
+    for rel, names in TRUTH.items():
+        content = faces_record(rel)["hash"]
+        for index, name in enumerate(names):
+            ref = face_ref(content, index)
+            labels[ref] = name or ref
+    return labels
+
+
+def pairwise(people: People, labels: dict[str, str]) -> tuple[float, float]:
+    found = {f.ref: p.id for p in people.list() for f in people.faces_of(p.id)}
+    refs = sorted(labels)
+    together = same = both = 0
+    for a, b in itertools.combinations(refs, 2):
+        predicted = found[a] == found[b]
+        actual = labels[a] == labels[b]
+        together += predicted
+        same += actual
+        both += predicted and actual
+    return both / max(together, 1), both / max(same, 1)
+
+
+def clustering() -> None:
+    labels = truth()
+    print(f"clustering: {len(labels)} distinct faces, {len(set(labels.values()))} people")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        settings = Settings()
+        settings.cache_dir = base / "cache"
+        store = Store(settings)
+        for threshold in THRESHOLDS:
+            root = base / f"lib-{threshold}"
+            records = library(root, list(TRUTH))
+            full = People.load(store, [root], records, threshold=threshold)
+            precision, recall = pairwise(full, labels)
+            incremental = [_incremental(store, root, records, threshold, seed)
+                           for seed in range(ORDERS)]
+            worst_p = min(p for p, _ in incremental)
+            worst_r = min(r for _, r in incremental)
+            print(f"  threshold {threshold:.2f}: recluster precision {precision:.3f} "
+                  f"recall {recall:.3f}; incremental ({ORDERS} orders) worst precision "
+                  f"{worst_p:.3f} recall {worst_r:.3f}; persons {len(full.list())}")
+
+
+def _incremental(store: Store, root: Path, records: list, threshold: float,
+                 seed: int) -> tuple[float, float]:
+    order = list(records)
+    random.Random(seed).shuffle(order)
+    people = People(store, [root / "unsaved"], threshold=threshold)
+    for folder, record in order:
+        people.assign_new(folder, record)
+    return pairwise(people, truth())
+
+
+# -- throughput ------------------------------------------------------------------------
+def _files() -> list[Path]:
+    seen, files = set(), []
+    for rel in TRUTH:
+        content = faces_record(rel)["hash"]
+        if content not in seen:
+            seen.add(content)
+            files.append(corpus() / rel)
+    return files[:PHOTOS]
+
+
+def _ours(paths: list[Path]) -> int:
+    model = FaceModel(FaceSettings(idle_unload=0))
+    model.load()
+    return sum(len(model.detect(working_image(p))) for p in paths)
+
+
+def _naive(paths: list[Path]) -> int:
+    model = FaceModel(FaceSettings(idle_unload=0, max_size=0))
+    model.load()
+    found = 0
+    for path in paths:
+        with Image.open(path) as im:
+            found += len(model.detect(im.convert("RGB")))
+    return found
+
+
+def _timed(work: Iterable[list[Path]], fn, processes: int) -> tuple[float, int]:
+    chunks = list(work)
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_warm, range(processes))
+        start = time.perf_counter()
+        faces = sum(pool.map(fn, chunks))
+        return time.perf_counter() - start, faces
+
+
+def _warm(_: int) -> None:
+    FaceModel(FaceSettings(idle_unload=0)).load()
+
+
+def throughput() -> None:
+    files = _files()
+    print(f"throughput: {len(files)} distinct photos (model load excluded)")
+    naive_s, naive_faces = _timed([files], _naive, 1)
+    one_s, faces = _timed([files], _ours, 1)
+    halves = [files[0::2], files[1::2]]
+    two_s, faces2 = _timed(halves, _ours, 2)
+    rows = [("naive, full resolution, 1 process", naive_s, naive_faces),
+            ("faces stage path, 1 process", one_s, faces),
+            ("faces stage path, 2 processes", two_s, faces2)]
+    for label, seconds, found in rows:
+        print(f"  {label:36s} {len(files) / seconds:5.2f} photos/s {found / seconds:5.2f} "
+              f"faces/s ({1000 * seconds / len(files):.0f} ms/photo, {found} faces)")
+    print(f"  ratio: stage path vs naive {naive_s / one_s:.2f}x (1 process); "
+          f"2 processes vs 1 {one_s / two_s:.2f}x")
+
+
+def main() -> None:
+    np.set_printoptions(precision=3)
+    clustering()
+    throughput()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The in-memory view of every folder a daemon (or a direct-mode query) serves.
+
+Records are read once from the sidecars, kept slim (the raw EXIF dump stays on disk:
+it is most of a record's size and no query reads it), and updated incrementally as the
+indexer writes.  CLIP vectors of the configured model go into one :class:`VectorSet`
+across all roots, so a text query is one matrix product (or one HNSW lookup in a large
+library) instead of a walk over folders.  Vectors of another model are ignored, never
+mixed in: those files are re-embedded by the indexer and come back through
+:meth:`Library.update`.
+
+Loading also keeps each folder's portable ``index/clip.hnsw`` current when
+``write_indexes`` is on (the daemon), and leaves it alone for a read-only direct query.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scanpixd.config import Settings
+from scanpixd.errors import ModelUnavailable
+from scanpixd.excludes import Excluder
+from scanpixd.models.clip import ClipModel
+from scanpixd.record import Record
+from scanpixd.scan import root_is_online
+from scanpixd.store import FolderStore, Store, ann
+
+log = logging.getLogger(__name__)
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(eq=False)
+class Item:
+    """One indexed file: what filters see (``record``, ``path``, ``root``) plus its vectors."""
+
+    id: int
+    root: Path
+    folder: FolderStore
+    name: str
+    record: Record  # without metadata.raw; see Library.full_record
+    rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)  # rows in Library.vectors
+
+    @property
+    def path(self) -> Path:
+        return self.folder.folder / self.name
+
+
+def slim(record: Record) -> Record:
+    """The record without the parts no query needs (the raw metadata dump)."""
+    meta = record.get("metadata")
+    if isinstance(meta, dict) and "raw" in meta:
+        record = dict(record)
+        record["metadata"] = {k: v for k, v in meta.items() if k != "raw"}
+    return record
+
+
+class Library:
+    """Items of every online root, by path; thread-safe; see the module docstring."""
+
+    def __init__(self, settings: Settings, store: Store | None = None,
+                 clip: ClipModel | None = None, write_indexes: bool = False):
+        self.settings = settings
+        self.store = store or Store(settings)
+        self.write_indexes = write_indexes
+        self.lock = threading.RLock()
+        self._clip = clip
+        self.roots: list[Path] = []
+        self.offline_roots: list[Path] = []
+        self._items: dict[int, Item] = {}
+        self._by_path: dict[tuple[Path, str], int] = {}
+        self._next_id = 0
+        self.vectors: ann.VectorSet | None = None
+        self._dirty: set[Path] = set()
+
+    # -- the model ------------------------------------------------------------------
+    @property
+    def clip(self) -> ClipModel:
+        if self._clip is None:
+            self._clip = ClipModel(self.settings.clip)
+        return self._clip
+
+    @property
+    def model_id(self) -> str | None:
+        """The id of the vectors this library serves; None when the model can't be named."""
+        if not self.settings.clip.enabled:
+            return None
+        try:
+            return self.clip.model_id
+        except ModelUnavailable:
+            return None
+
+    # -- loading --------------------------------------------------------------------
+    def load(self, roots: Iterable[Path]) -> None:
+        """Read every folder with scanpixd data below ``roots`` (replacing what was loaded)."""
+        roots = [Path(r) for r in roots]
+        folders: list[tuple[Path, FolderStore]] = []
+        offline = []
+        for root in roots:
+            if not root_is_online(root, self.store):
+                log.warning("root %s is offline; its index is kept but not served", root)
+                offline.append(root)
+                continue
+            folders.extend((root, self.store.folder(f)) for f in self._folders(root))
+        model_id = self.model_id
+        with ThreadPoolExecutor(max_workers=max(1, min(4, self.settings.jobs))) as pool:
+            loaded = list(pool.map(lambda rf: self._read_folder(rf[1], model_id), folders))
+        with self.lock:
+            self.roots, self.offline_roots = roots, offline
+            self._items.clear()
+            self._by_path.clear()
+            self.vectors = None
+            for (root, folder), (records, index) in zip(folders, loaded, strict=True):
+                self._add_folder(root, folder, records, index)
+        log.info("library loaded: %d items, %d vectors, %d folders", len(self._items),
+                 len(self.vectors) if self.vectors is not None else 0, len(folders))
+
+    def _folders(self, root: Path) -> Iterator[Path]:
+        """Folders below ``root`` that hold scanpixd data (excluded folders left out)."""
+        excluder = Excluder.from_settings(self.settings)
+        stack = [(root, "")]
+        while stack:
+            folder, rel = stack.pop()
+            if self.store.folder(folder).exists():
+                yield folder
+            try:
+                with os.scandir(folder) as entries:
+                    children = [e for e in entries if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            for entry in sorted(children, key=lambda e: e.name, reverse=True):
+                if not excluder.excluded_child(rel, entry.name, is_dir=True):
+                    stack.append((Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name))
+
+    def _read_folder(self, folder: FolderStore, model_id: str | None
+                     ) -> tuple[dict[str, Record], ann.FolderIndex | None]:
+        records = folder.records()
+        if model_id is None:
+            return records, None
+        try:
+            index = ann.load_or_rebuild(folder, records, model_id, write=self.write_indexes)
+        except Exception as exc:  # a broken folder index must not stop the library
+            log.warning("vector index of %s: %s", folder.folder, exc)
+            index = ann.load_or_rebuild(folder, records, model_id, write=False)
+        return records, index
+
+    def _add_folder(self, root: Path, folder: FolderStore, records: dict[str, Record],
+                    index: ann.FolderIndex | None) -> None:
+        by_name: dict[str, list[int]] = {}
+        if index is not None:
+            for position, label in enumerate(index.labels):
+                by_name.setdefault(label.name, []).append(position)
+        for name in sorted(records):
+            item = self._new_item(root, folder, name, records[name])
+            positions = by_name.get(name)
+            if positions and index is not None:
+                times = [index.labels[p].time for p in positions]
+                item.rows = self._vector_set(index.dim).add(index.vectors[positions], item.id, times)
+
+    def _new_item(self, root: Path, folder: FolderStore, name: str, record: Record) -> Item:
+        item = Item(self._next_id, root, folder, name, slim(record))
+        self._next_id += 1
+        self._items[item.id] = item
+        self._by_path[(folder.folder, name)] = item.id
+        return item
+
+    def _vector_set(self, dim: int) -> ann.VectorSet:
+        if self.vectors is None or self.vectors.dim != dim:
+            if self.vectors is not None:
+                log.warning("vectors of width %d replace width %d", dim, self.vectors.dim)
+                for item in self._items.values():
+                    item.rows = _NO_ROWS
+            threads = self.settings.clip.threads or (os.cpu_count() or 1)
+            self.vectors = ann.VectorSet(dim, ann_min=self.settings.clip.ann_min, threads=threads)
+        return self.vectors
+
+    # -- reading --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[Item]:
+        """A snapshot of every item (safe to iterate while the library changes)."""
+        with self.lock:
+            return list(self._items.values())
+
+    def item(self, item_id: int) -> Item | None:
+        return self._items.get(item_id)
+
+    def get(self, path: Path) -> Item | None:
+        """The item of an absolute file path, if the library holds it."""
+        path = Path(os.path.abspath(path))
+        with self.lock:
+            item_id = self._by_path.get((path.parent, path.name))
+            return None if item_id is None else self._items.get(item_id)
+
+    def root_of(self, path: Path) -> Path | None:
+        """The (longest) configured root that contains ``path``."""
+        path = Path(os.path.abspath(path))
+        found = [r for r in self.roots if path == r or r in path.parents]
+        return max(found, key=lambda r: len(r.parts)) if found else None
+
+    def full_record(self, item: Item) -> Record:
+        """The item's record as stored (with the raw metadata dump)."""
+        return item.folder.read(item.name) or item.record
+
+    def vectors_of(self, item: Item) -> np.ndarray:
+        """The item's unit vectors of the served model (0 rows when it has none)."""
+        with self.lock:
+            if self.vectors is None or not item.rows.size:
+                return np.zeros((0, self.vectors.dim if self.vectors else 0), np.float32)
+            return self.vectors.vectors(item.rows).copy()
+
+    # -- changes --------------------------------------------------------------------
+    def update(self, folder: FolderStore | Path, name: str, record: Record) -> Item | None:
+        """Add or replace the item of ``folder/name`` after its record was written."""
+        folder = self._folder(folder)
+        root = self.root_of(folder.folder / name)
+        if root is None:
+            return None
+        model_id = self.model_id
+        found = ann.record_vectors(record, model_id) if model_id else []
+        with self.lock:
+            self._drop(folder.folder, name)
+            item = self._new_item(root, folder, name, record)
+            if found:
+                vectors = np.stack([v for _, _, v in found])
+                item.rows = self._vector_set(vectors.shape[1]).add(
+                    vectors, item.id, [t for _, t, _ in found])
+            self._dirty.add(folder.folder)
+            return item
+
+    def remove(self, folder: FolderStore | Path, name: str) -> None:
+        folder = self._folder(folder)
+        with self.lock:
+            if self._drop(folder.folder, name):
+                self._dirty.add(folder.folder)
+
+    def move(self, source: FolderStore | Path, old_name: str, target: FolderStore | Path,
+             new_name: str, record: Record) -> Item | None:
+        """A file was moved or renamed: its results follow it."""
+        self.remove(source, old_name)
+        return self.update(target, new_name, record)
+
+    def remove_folder(self, folder: Path) -> None:
+        """Forget every item directly in ``folder`` (deleted, or moved out of the roots)."""
+        with self.lock:
+            for key in [k for k in self._by_path if k[0] == folder]:
+                self._drop(*key)
+
+    def _drop(self, folder: Path, name: str) -> bool:
+        item_id = self._by_path.pop((folder, name), None)
+        if item_id is None:
+            return False
+        item = self._items.pop(item_id)
+        if self.vectors is not None and item.rows.size:
+            self.vectors.remove(item.rows)
+        return True
+
+    def _folder(self, folder: FolderStore | Path) -> FolderStore:
+        return folder if isinstance(folder, FolderStore) else self.store.folder(Path(folder))
+
+    def flush(self) -> int:
+        """Rewrite the portable index of every folder changed since the last flush."""
+        model_id = self.model_id
+        with self.lock:
+            dirty, self._dirty = self._dirty, set()
+        if model_id is None or not self.write_indexes:
+            return 0
+        for path in sorted(dirty):
+            folder = self.store.folder(path)
+            try:
+                ann.refresh(folder, model_id)
+            except OSError as exc:
+                log.warning("cannot write the vector index of %s: %s", path, exc)
+        return len(dirty)

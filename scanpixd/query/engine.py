@@ -1,0 +1,278 @@
+"""Answers a parsed query over a :class:`~scanpixd.library.Library`: filters, then ranking.
+
+Filters select exactly (every filter must accept an item).  Semantic terms rank what is
+left by CLIP cosine similarity:
+
+- A text term compares the text's embedding with each image vector; ``similar:PATH``
+  compares the image's vectors (the library's own, when PATH is an indexed file, so no
+  model is needed; else PATH is read and embedded).  A video is scored by its best frame
+  and reports that frame's time.
+- Positive terms combine as a weighted mean of their similarities.
+- A negative term ``-snow`` demotes: the score loses ``weight * (similarity - typical)``
+  where the item looks more like "snow" than the library's typical item does.  Demoted
+  below the floor, an item is gone.  (In a listing without positive terms, an item is
+  left out when it would match the negative term on its own.)
+- A score floor cuts unrelated items.  Text terms use ``clip.score_floor``, an absolute
+  cosine (real CLIP models give matching text and photos about 0.25-0.35, unrelated ones
+  below 0.2).  Image-to-image similarity is high between any two photos, so ``similar:``
+  uses a floor relative to the query's own typical score over the library:
+  ``typical + clip.similar_floor * (1 - typical)``.  Several terms use the weighted mean
+  of their floors.
+
+A query with no positive term (filters only, or filters with negative terms) lists the
+items it selects by capture time, oldest first; files without a date come last.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from scanpixd.errors import ModelUnavailable, QueryError
+from scanpixd.library import Item, Library
+from scanpixd.query.tree import BasicContext, MatchContext, Query, SemanticTerm, SimilarTerm
+from scanpixd.record import Record
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SIZE = 2048  # library vectors that tell what a "typical" score is for a term
+SIMILAR_IMAGE_SIZE = 448  # long side a similar: image is read at (twice the model input)
+
+
+@dataclass
+class Result:
+    path: Path
+    score: float | None  # None in a listing without semantic terms
+    time: float | None  # seconds into a video of the best frame
+    record: Record
+    item: Item = field(repr=False)
+
+    def to_dict(self, with_record: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": str(self.path), "score": self.score, "time": self.time}
+        if with_record:
+            out["record"] = self.record
+        return out
+
+
+@dataclass
+class _Term:
+    label: str
+    vectors: np.ndarray  # (m, dim) unit rows; an item's similarity is the max over them
+    weight: float
+    negative: bool
+    floor: float = 0.0
+    typical: float = 0.0
+
+    def similarity(self, matrix: np.ndarray) -> np.ndarray:
+        return np.max(matrix @ self.vectors.T, axis=1)
+
+
+def search(library: Library, query: Query, ctx: MatchContext | None = None, limit: int = 50,
+           cwd: Path | None = None) -> list[Result]:
+    """The best ``limit`` items for ``query``; see the module docstring for the rules."""
+    ctx = ctx or BasicContext()
+    query = query.bind(ctx)
+    terms = _resolve_terms(library, query, cwd)
+    with library.lock:
+        selected = _selected(library, query, ctx)
+        if not any(not t.negative for t in terms):
+            return _listing(library, selected, terms, limit)
+        return _ranked(library, selected, terms, limit)
+
+
+# -- terms ------------------------------------------------------------------------------
+def _resolve_terms(library: Library, query: Query, cwd: Path | None) -> list[_Term]:
+    if not query.terms and not query.similar:
+        return []
+    if library.model_id is None:
+        raise ModelUnavailable(_why_unavailable(library))
+    terms = []
+    texts = list(query.terms)
+    if texts:
+        vectors = library.clip.embed_text([t.text for t in texts])
+        terms += [_Term(t.text, v[None, :], t.weight, t.negative) for t, v in zip(texts, vectors,
+                                                                                 strict=True)]
+    for s in query.similar:
+        terms.append(_Term(f"similar:{s.path}", _similar_vectors(library, s, cwd), s.weight,
+                           s.negative))
+    _calibrate(library, terms)
+    return terms
+
+
+def _why_unavailable(library: Library) -> str:
+    if not library.settings.clip.enabled:
+        return "semantic search is off (clip.enabled = false)"
+    try:
+        library.clip.model_id  # noqa: B018 - raises with the reason
+    except ModelUnavailable as exc:
+        return str(exc)
+    return "CLIP model unavailable"
+
+
+def _similar_vectors(library: Library, term: SimilarTerm, cwd: Path | None) -> np.ndarray:
+    path = Path(term.path).expanduser()
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    item = library.get(path)
+    if item is not None:
+        vectors = library.vectors_of(item)
+        if vectors.size:
+            return vectors
+    if not path.is_file():
+        raise QueryError(f"similar: no such file {term.path!r}", term.path)
+    return _embed_file(library, path, term.path)
+
+
+def _embed_file(library: Library, path: Path, typed: str) -> np.ndarray:
+    return library.clip.embed_images(_read_images(path, typed))
+
+
+def _read_images(path: Path, typed: str) -> list[Image.Image]:
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (SIMILAR_IMAGE_SIZE, SIMILAR_IMAGE_SIZE))
+            im = ImageOps.exif_transpose(im)
+            im.thumbnail((SIMILAR_IMAGE_SIZE, SIMILAR_IMAGE_SIZE))
+            return [im.convert("RGB")]
+    except (OSError, ValueError, Image.DecompressionBombError) as image_error:
+        try:
+            from scanpixd.pipeline.video import sample_frames
+
+            frames = sample_frames(path, 4, SIMILAR_IMAGE_SIZE)
+        except Exception:
+            raise QueryError(f"similar: cannot read {typed!r} as an image or video: "
+                             f"{image_error}", typed) from image_error
+        return [image for _, image in frames]
+
+
+def _calibrate(library: Library, terms: list[_Term]) -> None:
+    """Each term's typical score over the library, and the floor an item must reach."""
+    vectors = library.vectors
+    sample = vectors.sample(SAMPLE_SIZE) if vectors is not None and len(vectors) else None
+    settings = library.settings.clip
+    for term in terms:
+        if sample is not None and sample.shape[1] != term.vectors.shape[1]:
+            raise ModelUnavailable(f"the library's vectors have width {sample.shape[1]} but "
+                                   f"the model gives {term.vectors.shape[1]}; reindex")
+        term.typical = float(np.median(term.similarity(sample))) if sample is not None else 0.0
+        if term.label.startswith("similar:"):
+            term.floor = term.typical + settings.similar_floor * (1.0 - term.typical)
+        else:
+            term.floor = settings.score_floor
+
+
+# -- selection --------------------------------------------------------------------------
+def _selected(library: Library, query: Query, ctx: MatchContext) -> list[Item] | None:
+    """Items every filter accepts (None: no filter, every item)."""
+    if not query.filters:
+        return None
+    out = []
+    for item in library.items():
+        if item.record.get("status") == "failed":
+            continue
+        try:
+            if query.accepts(item, ctx):
+                out.append(item)
+        except QueryError:
+            raise
+        except Exception:  # a malformed record fails a filter, it does not fail the query
+            log.debug("filter error on %s", item.path, exc_info=True)
+    return out
+
+
+def _listing(library: Library, selected: list[Item] | None, negatives: Sequence[_Term],
+             limit: int) -> list[Result]:
+    items = selected if selected is not None else [
+        i for i in library.items() if i.record.get("status") != "failed"]
+    if negatives and library.vectors is not None:
+        items = [i for i in items if not _excluded(library, i, negatives)]
+    items.sort(key=lambda i: (*_capture_key(i.record), str(i.path)))
+    return [Result(i.path, None, None, i.record, i) for i in items[:limit]]
+
+
+def _excluded(library: Library, item: Item, negatives: Sequence[_Term]) -> bool:
+    if not item.rows.size or library.vectors is None:
+        return False
+    matrix = library.vectors.vectors(item.rows)
+    return any(bool(np.any(t.similarity(matrix) >= t.floor)) for t in negatives)
+
+
+def _capture_key(record: Record) -> tuple[int, str]:
+    for section, key in (("taken", "utc"), ("taken", "local"), ("metadata", "taken_utc"),
+                         ("metadata", "taken_local")):
+        part = record.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and len(value) >= 10:
+            return 0, value[:10].replace(":", "-") + value[10:]
+    return 1, ""
+
+
+# -- ranking ----------------------------------------------------------------------------
+def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
+            limit: int) -> list[Result]:
+    vectors = library.vectors
+    if vectors is None or not len(vectors) or limit <= 0:
+        return []
+    positive = [t for t in terms if not t.negative]
+    total = sum(t.weight for t in positive)
+    query = sum(t.weight * _mean_unit(t.vectors) for t in positive) / total
+    query = query / (np.linalg.norm(query) or 1.0)
+    subset = None
+    if selected is not None:
+        subset = np.concatenate([i.rows for i in selected]) if selected else np.zeros(0, np.int64)
+    available = len(vectors) if subset is None else subset.size
+    k = min(available, 4 * limit + 64)
+    while True:
+        rows, _ = vectors.search(query, k, subset)
+        best = _score_rows(library, rows, terms, total)
+        if len(best) >= limit or k >= available:
+            break
+        k = min(available, 4 * k)
+    ordered = sorted(best.items(), key=lambda kv: -kv[1][0])[:limit]
+    out = []
+    for item_id, (score, time) in ordered:
+        item = library.item(item_id)
+        if item is not None:
+            out.append(Result(item.path, round(score, 4), time, item.record, item))
+    return out
+
+
+def _mean_unit(vectors: np.ndarray) -> np.ndarray:
+    mean = vectors.mean(axis=0)
+    return mean / (np.linalg.norm(mean) or 1.0)
+
+
+def _score_rows(library: Library, rows: np.ndarray, terms: list[_Term], total: float
+                ) -> dict[int, tuple[float, float | None]]:
+    """Best (score, frame time) per item among ``rows``, floors and exclusions applied."""
+    vectors = library.vectors
+    assert vectors is not None
+    if not rows.size:
+        return {}
+    matrix = vectors.vectors(rows)
+    score = np.zeros(rows.size, dtype=np.float64)
+    floor = 0.0
+    for term in terms:
+        similarity = term.similarity(matrix)
+        if term.negative:
+            score -= term.weight * np.maximum(0.0, similarity - term.typical)
+        else:
+            score += term.weight * similarity / total
+            floor += term.weight * term.floor / total
+    keep = score >= floor
+    best: dict[int, tuple[float, float | None]] = {}
+    owners = vectors.owner(rows)
+    for i in np.flatnonzero(keep):
+        owner = int(owners[i])
+        if owner not in best or score[i] > best[owner][0]:
+            best[owner] = (float(score[i]), vectors.time(int(rows[i])))
+    return best
+
+
+__all__ = ["Result", "SemanticTerm", "SimilarTerm", "search"]

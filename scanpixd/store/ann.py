@@ -1,0 +1,487 @@
+"""Nearest-neighbour indexes of CLIP vectors: the per-folder portable file and the in-memory set.
+
+Per folder, ``index/clip.hnsw`` (an hnswlib graph, inner product on unit vectors) travels
+with the folder's ``.scanpix/`` next to ``index/clip.json``, which names what the graph
+holds::
+
+    {"format": 1, "model": "<model id>", "dim": 512, "count": 3,
+     "fingerprint": "b2:...",       # of the records' vectors it was built from
+     "checksum": "b2:...",          # of clip.hnsw's bytes
+     "labels": [["IMG_1.jpg", 0, null], ["clip.mp4", 0, 0.0], ["clip.mp4", 1, 4.2]]}
+
+Label ``i`` of the graph is ``labels[i]``: a file name (relative to the folder), the
+vector's position in that record's ``clip.vectors`` and its time in a video.  The index is
+derived data: when it is missing, truncated, corrupt (checksum), built from other records
+(fingerprint) or for another model or width, it is rebuilt from the records, so a reader
+never gets an answer the records do not back.  The checksum is verified before hnswlib
+reads the file, because a damaged graph can crash it.
+
+:class:`VectorSet` is the in-memory searchable form the library keeps across folders:
+exact search (one matrix product) below ``ann_min`` vectors, an HNSW graph above, built in
+the background while exact search answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanpixd.record import Record
+from scanpixd.store import atomic
+from scanpixd.store.folder import FolderStore
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+GRAPH_NAME = "clip.hnsw"
+META_NAME = "clip.json"
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 100
+HNSW_EF_MIN = 64
+EXACT_MAX = 1024  # a folder with up to this many vectors is searched exactly
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str  # file name in the folder
+    index: int  # position in the record's clip.vectors
+    time: float | None  # seconds into a video, None for a photo
+
+
+@dataclass
+class FolderIndex:
+    """One folder's vectors of one model, as the records hold them, plus its graph file."""
+
+    folder: FolderStore
+    model_id: str
+    dim: int
+    labels: list[Label]
+    vectors: np.ndarray  # (len(labels), dim) float32, unit rows
+    fingerprint: str
+    directory: Path | None = None  # where current files lie (None: not written)
+    _graph: Any = field(default=None, repr=False)
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[Label, float]]:
+        """The ``k`` labels nearest to a unit ``query``, best first (exact for small folders)."""
+        k = min(k, len(self.labels))
+        if k <= 0:
+            return []
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        graph = self._load_graph() if len(self.labels) > EXACT_MAX else None
+        if graph is None:
+            scores = self.vectors @ query
+            top = _top(scores, k)
+            return [(self.labels[i], float(scores[i])) for i in top]
+        graph.set_ef(max(HNSW_EF_MIN, 2 * k))
+        ids, dist = graph.knn_query(query, k=k)
+        return [(self.labels[int(i)], 1.0 - float(d)) for i, d in zip(ids[0], dist[0], strict=True)]
+
+    def _load_graph(self) -> Any:
+        if self._graph is None:
+            directory = self.directory or self.folder.index_dir()
+            self._graph = _read_graph(directory / GRAPH_NAME, self)
+        return self._graph
+
+
+# -- records -> vectors -----------------------------------------------------------------
+def record_vectors(record: Record, model_id: str, dim: int | None = None
+                   ) -> list[tuple[int, float | None, np.ndarray]]:
+    """``(index, time, unit vector)`` of a record's embeddings by ``model_id``; [] otherwise.
+
+    Malformed entries (wrong width, not finite, zero) are skipped: a sidecar is
+    user-writable data and must not poison the index.
+    """
+    clip = record.get("clip")
+    if not isinstance(clip, dict) or clip.get("model") != model_id:
+        return []
+    entries = clip.get("vectors")
+    declared = clip.get("dim")
+    if dim is None and isinstance(declared, int) and declared > 0:
+        dim = declared
+    out = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+        vector = _entry_vector(entry, dim)
+        if vector is not None:
+            time = entry.get("time")
+            out.append((i, float(time) if isinstance(time, int | float) else None, vector))
+    return out
+
+
+def _entry_vector(entry: Any, dim: int | None) -> np.ndarray | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("v"), str):
+        return None
+    try:
+        vector = np.frombuffer(base64.b64decode(entry["v"], validate=True), dtype="<f2")
+    except (ValueError, TypeError, binascii.Error):
+        return None
+    vector = vector.astype(np.float32)
+    if vector.size == 0 or (dim is not None and vector.size != dim):
+        return None
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    return vector / norm
+
+
+def record_dim(records: Iterable[Record], model_id: str) -> int | None:
+    """The width most records of ``model_id`` declare (a stray sidecar cannot set it)."""
+    widths: Counter[int] = Counter()
+    for record in records:
+        clip = record.get("clip")
+        if isinstance(clip, dict) and clip.get("model") == model_id:
+            declared = clip.get("dim")
+            if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
+                widths[declared] += 1
+    return widths.most_common(1)[0][0] if widths else None
+
+
+def fingerprint(records: dict[str, Record], model_id: str) -> str:
+    """What a folder index was built from: names, times and vectors, in name order."""
+    digest = hashlib.blake2b(model_id.encode(), digest_size=16)
+    for name in sorted(records):
+        clip = records[name].get("clip")
+        if not isinstance(clip, dict) or clip.get("model") != model_id:
+            continue
+        digest.update(b"\x00" + name.encode("utf-8", "surrogateescape") + b"\x00")
+        for entry in clip.get("vectors") or ():
+            if isinstance(entry, dict):
+                digest.update(f"{entry.get('time')}|{entry.get('v')}|".encode())
+    return "b2:" + digest.hexdigest()
+
+
+def collect(records: dict[str, Record], model_id: str, dim: int | None
+            ) -> tuple[list[Label], np.ndarray]:
+    labels: list[Label] = []
+    rows: list[np.ndarray] = []
+    for name in sorted(records):
+        for index, time, vector in record_vectors(records[name], model_id, dim):
+            labels.append(Label(name, index, time))
+            rows.append(vector)
+    width = dim or (rows[0].size if rows else 0)
+    matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, width), np.float32)
+    return labels, matrix
+
+
+# -- the per-folder file ----------------------------------------------------------------
+def load_or_rebuild(folder: FolderStore, records: dict[str, Record], model_id: str,
+                    dim: int | None = None, write: bool = True) -> FolderIndex:
+    """The folder's index for ``model_id``, rebuilt (and rewritten) unless it is current.
+
+    ``write=False`` keeps a stale file as it is (a read-only caller); the returned index
+    is right either way, because its vectors come from the records.
+    """
+    if dim is None:
+        dim = record_dim(records.values(), model_id)
+    labels, vectors = collect(records, model_id, dim)
+    index = FolderIndex(folder, model_id, dim or 0, labels, vectors,
+                        fingerprint(records, model_id))
+    if not write:
+        return index
+    index.directory = _current_dir(folder, index)
+    if index.directory is None:
+        try:
+            if labels:
+                write_index(index)
+            else:
+                remove(folder)
+        except OSError as exc:
+            log.warning("cannot write the vector index of %s: %s", folder.folder, exc)
+    return index
+
+
+def refresh(folder: FolderStore, model_id: str, dim: int | None = None) -> FolderIndex:
+    """Bring the folder's index up to date with its records (after an indexing run)."""
+    return load_or_rebuild(folder, folder.records(), model_id, dim)
+
+
+def read_meta(folder: FolderStore) -> dict[str, Any] | None:
+    for base in folder.read_dirs:
+        meta = atomic.read_json(base / "index" / META_NAME)
+        if isinstance(meta, dict):
+            return meta
+    return None
+
+
+def _current_dir(folder: FolderStore, index: FolderIndex) -> Path | None:
+    """The index directory (write location first) whose files match ``index``, if any.
+
+    A folder without vectors is current when it has no index files at all.
+    """
+    for base in folder.read_dirs:
+        directory = base / "index"
+        meta = atomic.read_json(directory / META_NAME)
+        if not index.labels:
+            if meta is None and not (directory / GRAPH_NAME).exists():
+                continue
+            return None
+        if not isinstance(meta, dict):
+            continue
+        wanted = {"format": INDEX_FORMAT, "model": index.model_id, "dim": index.dim,
+                  "count": len(index.labels), "fingerprint": index.fingerprint}
+        if any(meta.get(k) != v for k, v in wanted.items()):
+            continue
+        try:
+            if _checksum(directory / GRAPH_NAME) == meta.get("checksum"):
+                return directory
+        except OSError:
+            continue
+    return folder.index_dir() if not index.labels else None
+
+
+def write_index(index: FolderIndex) -> None:
+    """Build the graph and write it, then the meta that vouches for it (both atomically)."""
+    directory = index.folder.index_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    graph = build_graph(index.vectors)
+    target = directory / GRAPH_NAME
+    tmp = atomic.temp_name(target)
+    try:
+        graph.save_index(str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        checksum = _checksum(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    meta = {
+        "format": INDEX_FORMAT, "model": index.model_id, "dim": index.dim,
+        "count": len(index.labels), "fingerprint": index.fingerprint, "checksum": checksum,
+        "labels": [[label.name, label.index, label.time] for label in index.labels],
+    }
+    atomic.write_json(directory / META_NAME, meta)
+    index._graph = graph
+    index.directory = directory
+
+
+def remove(folder: FolderStore) -> None:
+    for name in (META_NAME, GRAPH_NAME):
+        with contextlib.suppress(OSError):
+            (folder.index_dir() / name).unlink()
+
+
+def _read_graph(path: Path, index: FolderIndex) -> Any:
+    """The graph file if it is the one the meta vouches for, else one rebuilt in memory."""
+    import hnswlib
+
+    meta = atomic.read_json(path.with_name(META_NAME))
+    try:
+        if isinstance(meta, dict) and meta.get("fingerprint") == index.fingerprint \
+                and meta.get("checksum") == _checksum(path):
+            graph = hnswlib.Index(space="ip", dim=index.dim)
+            graph.load_index(str(path), max_elements=len(index.labels))
+            return graph
+    except (OSError, RuntimeError) as exc:
+        log.warning("%s is unreadable (%s); rebuilding it from the records", path, exc)
+    return build_graph(index.vectors)
+
+
+def _checksum(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return "b2:" + digest.hexdigest()
+
+
+def build_graph(vectors: np.ndarray, labels: np.ndarray | None = None, capacity: int = 0,
+                threads: int = 1) -> Any:
+    import hnswlib
+
+    count, dim = vectors.shape
+    graph = hnswlib.Index(space="ip", dim=dim)
+    graph.init_index(max_elements=max(capacity, count, 1), M=HNSW_M,
+                     ef_construction=HNSW_EF_CONSTRUCTION)
+    graph.set_num_threads(max(1, threads))
+    if count:
+        graph.add_items(vectors, np.arange(count) if labels is None else labels)
+    return graph
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    if k >= scores.size:
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+# -- the in-memory set ------------------------------------------------------------------
+class VectorSet:
+    """Unit vectors addressed by row, each owned by an item id; exact or HNSW search.
+
+    Rows are never reused: a removed row is only marked dead (and in the graph marked
+    deleted), so a row number stays valid for a reader holding it.  ``compact`` is left to
+    a rebuild of the whole set.  Thread-safe.
+    """
+
+    def __init__(self, dim: int, ann_min: int = 20000, threads: int = 1):
+        self.dim = dim
+        self.ann_min = ann_min
+        self.threads = threads
+        self._lock = threading.RLock()
+        self._matrix = np.zeros((1024, dim), dtype=np.float32)
+        self._owner = np.full(1024, -1, dtype=np.int64)
+        self._time = np.full(1024, np.nan, dtype=np.float64)
+        self._alive = np.zeros(1024, dtype=bool)
+        self._size = 0
+        self._live = 0
+        self._graph: Any = None
+        self._building: threading.Thread | None = None
+        self._added_while_building: list[int] = []
+
+    # -- contents -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._live
+
+    def add(self, vectors: np.ndarray, owner: int, times: list[float | None]) -> np.ndarray:
+        """Append rows for one item; returns their row numbers."""
+        count = len(times)
+        with self._lock:
+            self._grow(self._size + count)
+            rows = np.arange(self._size, self._size + count)
+            self._matrix[rows] = vectors
+            self._owner[rows] = owner
+            self._time[rows] = [np.nan if t is None else t for t in times]
+            self._alive[rows] = True
+            self._size += count
+            self._live += count
+            if self._graph is not None:
+                self._graph_add(rows)
+            elif self._building is not None:
+                self._added_while_building.extend(rows.tolist())
+            else:
+                self._maybe_build()
+            return rows
+
+    def remove(self, rows: Iterable[int]) -> None:
+        with self._lock:
+            for row in rows:
+                if row < self._size and self._alive[row]:
+                    self._alive[row] = False
+                    self._live -= 1
+                    if self._graph is not None:
+                        with contextlib.suppress(RuntimeError):
+                            self._graph.mark_deleted(int(row))
+
+    def owner(self, rows: np.ndarray) -> np.ndarray:
+        return self._owner[rows]
+
+    def time(self, row: int) -> float | None:
+        value = float(self._time[row])
+        return None if np.isnan(value) else value
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self._matrix[rows]
+
+    def live_rows(self) -> np.ndarray:
+        with self._lock:
+            return np.flatnonzero(self._alive[: self._size])
+
+    def sample(self, count: int, seed: int = 0) -> np.ndarray:
+        """Up to ``count`` live vectors chosen at random (stable for a given content)."""
+        rows = self.live_rows()
+        if rows.size > count:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, count, replace=False))
+        return self._matrix[rows]
+
+    # -- search ---------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int, rows: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores of the ``k`` best live rows (among ``rows`` when given), best first.
+
+        Exact over a subset or a small set; through the graph when there is one and no
+        subset narrows the search.
+        """
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        with self._lock:
+            graph = self._graph
+            if rows is None and graph is not None and k < self._live:
+                try:
+                    return self._graph_search(graph, query, k)
+                except RuntimeError:  # too few live neighbours reachable: answer exactly
+                    pass
+            candidates = self.live_rows() if rows is None else rows[self._alive[rows]]
+            scores = self._matrix[candidates] @ query
+        top = _top(scores, min(k, scores.size))
+        return candidates[top], scores[top]
+
+    def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return self._matrix[rows] @ np.asarray(query, dtype=np.float32).reshape(-1)
+
+    def _graph_search(self, graph: Any, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        graph.set_ef(max(HNSW_EF_MIN, 2 * k))
+        ids, dist = graph.knn_query(query, k=k)
+        rows = ids[0].astype(np.int64)
+        return rows, (1.0 - dist[0]).astype(np.float32)
+
+    # -- the graph ------------------------------------------------------------------
+    @property
+    def has_graph(self) -> bool:
+        return self._graph is not None
+
+    def wait_for_graph(self, timeout: float | None = None) -> None:
+        thread = self._building
+        if thread is not None:
+            thread.join(timeout)
+
+    def _maybe_build(self) -> None:
+        if self._live >= self.ann_min and self._graph is None and self._building is None:
+            self._building = threading.Thread(target=self._build, name="ann-build", daemon=True)
+            self._building.start()
+
+    def _build(self) -> None:
+        with self._lock:
+            rows = self.live_rows()
+            vectors = self._matrix[rows].copy()
+            capacity = max(2 * self._size, 1024)
+        try:
+            graph = build_graph(vectors, rows, capacity=capacity, threads=self.threads)
+        except Exception:  # exact search keeps answering
+            log.exception("building the vector graph failed")
+            with self._lock:
+                self._building = None
+            return
+        with self._lock:
+            self._graph = graph
+            pending, self._added_while_building = self._added_while_building, []
+            self._graph_add(np.asarray(pending, dtype=np.int64))
+            dead = np.flatnonzero(~self._alive[: self._size])
+            for row in np.intersect1d(dead, rows):
+                with contextlib.suppress(RuntimeError):
+                    graph.mark_deleted(int(row))
+            self._building = None
+        log.info("vector graph ready: %d vectors", len(rows))
+
+    def _graph_add(self, rows: np.ndarray) -> None:
+        rows = rows[self._alive[rows]] if rows.size else rows
+        if not rows.size:
+            return
+        graph = self._graph
+        needed = int(rows.max()) + 1
+        if needed > graph.get_max_elements():
+            graph.resize_index(max(2 * needed, graph.get_max_elements()))
+        graph.add_items(self._matrix[rows], rows)
+
+    def _grow(self, needed: int) -> None:
+        capacity = self._matrix.shape[0]
+        if needed <= capacity:
+            return
+        new = max(needed, 2 * capacity)
+        matrix = np.zeros((new, self.dim), dtype=np.float32)
+        matrix[:capacity] = self._matrix
+        self._matrix = matrix
+        self._owner = np.concatenate([self._owner, np.full(new - capacity, -1, np.int64)])
+        self._time = np.concatenate([self._time, np.full(new - capacity, np.nan)])
+        self._alive = np.concatenate([self._alive, np.zeros(new - capacity, bool)])
