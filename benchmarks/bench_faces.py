@@ -20,8 +20,8 @@ import multiprocessing
 import random
 import tempfile
 import time
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -104,15 +104,11 @@ def _files() -> list[Path]:
     return files[:PHOTOS]
 
 
-def _ours(paths: list[Path]) -> int:
-    model = FaceModel(FaceSettings(idle_unload=0))
-    model.load()
+def _ours(model: FaceModel, paths: list[Path]) -> int:
     return sum(len(model.detect(working_image(p))) for p in paths)
 
 
-def _naive(paths: list[Path]) -> int:
-    model = FaceModel(FaceSettings(idle_unload=0, max_size=0))
-    model.load()
+def _naive(model: FaceModel, paths: list[Path]) -> int:
     found = 0
     for path in paths:
         with Image.open(path) as im:
@@ -120,26 +116,35 @@ def _naive(paths: list[Path]) -> int:
     return found
 
 
-def _timed(work: Iterable[list[Path]], fn, processes: int) -> tuple[float, int]:
-    chunks = list(work)
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        pool.map(_warm, range(processes))
-        start = time.perf_counter()
-        faces = sum(pool.map(fn, chunks))
-        return time.perf_counter() - start, faces
+def _worker(naive: bool, paths: list[Path], barrier: Any, results: Any) -> None:
+    model = FaceModel(FaceSettings(idle_unload=0, max_size=0 if naive else 1024))
+    model.load()
+    barrier.wait()  # workers start together, after loading
+    start = time.perf_counter()
+    faces = (_naive if naive else _ours)(model, paths)
+    results.put((time.perf_counter() - start, faces))
 
 
-def _warm(_: int) -> None:
-    FaceModel(FaceSettings(idle_unload=0)).load()
+def _timed(chunks: list[list[Path]], naive: bool = False) -> tuple[float, int]:
+    """Seconds until the slowest worker finished its chunk, and faces found."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(len(chunks)), context.Queue()
+    workers = [context.Process(target=_worker, args=(naive, chunk, barrier, results))
+               for chunk in chunks]
+    for worker in workers:
+        worker.start()
+    done = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return max(t for t, _ in done), sum(f for _, f in done)
 
 
 def throughput() -> None:
     files = _files()
     print(f"throughput: {len(files)} distinct photos (model load excluded)")
-    naive_s, naive_faces = _timed([files], _naive, 1)
-    one_s, faces = _timed([files], _ours, 1)
-    halves = [files[0::2], files[1::2]]
-    two_s, faces2 = _timed(halves, _ours, 2)
+    naive_s, naive_faces = _timed([files], naive=True)
+    one_s, faces = _timed([files])
+    two_s, faces2 = _timed([files[0::2], files[1::2]])
     rows = [("naive, full resolution, 1 process", naive_s, naive_faces),
             ("faces stage path, 1 process", one_s, faces),
             ("faces stage path, 2 processes", two_s, faces2)]

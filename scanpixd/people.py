@@ -33,7 +33,7 @@ import builtins
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,18 @@ class Person:
     count: int  # number of files the person appears in
     files: list[Path]
     sample: FaceSample | None  # the best-quality face, for a thumbnail
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for the API: ``sample`` is the path of the file with the best face."""
+        face = self.sample
+        return {
+            "id": self.id,
+            "name": self.name,
+            "count": self.count,
+            "files": [str(f) for f in self.files],
+            "sample": str(face.path) if face else None,
+            "sample_face": {"ref": face.ref, "box": face.box, "time": face.time} if face else None,
+        }
 
 
 @dataclass
@@ -257,6 +269,18 @@ class _Clusters:
 
 
 # -- the library's people -------------------------------------------------------------
+class _class_or_instance:  # noqa: N801 - used as a decorator, like classmethod
+    """A method that receives the class when called on it, the instance otherwise."""
+
+    def __init__(self, func: Any):
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, owner: type) -> Callable[..., People]:
+        bound: Callable[..., People] = self.func.__get__(owner if obj is None else obj, owner)
+        return bound
+
+
 class People:
     """Every person in the library the daemon serves; safe to use from several threads."""
 
@@ -277,31 +301,45 @@ class People:
         self._anchor_map: dict[str, str] | None = None  # ref -> anchored person, derived
         self._anchored_ids: set[str] = set()
 
-    @classmethod
+    @_class_or_instance
     def load(
+        cls_or_self: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> People:
+        """``People.load(store, roots, records, threshold=0.5)`` builds the people of a
+        library; ``people.load(records)`` fills an instance made with ``People(...)``.
+
+        ``records`` are pairs of absolute folder and record.  Saved choices are read;
+        cached assignments are reused where they still fit them; faces they do not cover
+        are placed incrementally; without any cache the library is reclustered.
+        """
+        if isinstance(cls_or_self, People):
+            return cls_or_self._load(*args, **kwargs)
+        return cls_or_self._build(*args, **kwargs)
+
+    @classmethod
+    def _build(
         cls,
         store: Store,
         roots: Iterable[Path],
         records: Iterable[tuple[Path, Record]],
         threshold: float = 0.5,
     ) -> People:
-        """People of ``records`` (pairs of absolute folder and record), with saved choices.
+        return cls(store, roots, threshold)._load(records)
 
-        Cached assignments are reused where they still fit the choices; faces they do not
-        cover are placed incrementally; without any cache the library is reclustered.
-        """
-        people = cls(store, roots, threshold)
-        with people._lock:
-            people.choices = people._read_choices()
-            people._choices_changed()
-            cached = people._read_cache()
+    def _load(self, records: Iterable[tuple[Path, Record]]) -> People:
+        with self._lock:
+            self.choices = self._read_choices()
+            self._choices_changed()
+            cached = self._read_cache()
             for folder, record in records:
-                people._register(Path(folder), record)
+                self._register(Path(folder), record)
             if cached:
-                people._seed(cached)
+                self._seed(cached)
             else:
-                people._recluster()
-        return people
+                self._recluster()
+        return self
 
     # -- updates from the pipeline -------------------------------------------------
     def assign_new(self, folder: Path, record: Record) -> set[str]:
@@ -378,13 +416,14 @@ class People:
             self.save()
             return pid
 
-    def merge(self, into: str, other: str) -> str:
-        """Make ``other`` part of ``into`` for good; returns the surviving id.
+    def merge(self, person_id: str, into: str) -> str:
+        """Make ``person_id`` part of ``into`` for good; returns the surviving id (``into``'s).
 
-        Faces the user rejected from ``into`` go to their next nearest person instead.
+        ``into`` keeps its name, or takes the other's if it had none.  Faces the user
+        rejected from ``into`` go to their next nearest person instead.
         """
         with self._lock:
-            keep, gone = self._existing(into), self._existing(other)
+            gone, keep = self._existing(person_id), self._existing(into)
             if keep == gone:
                 return keep
             self.choices.aliases[gone] = keep

@@ -123,7 +123,7 @@ def root_is_online(root: Path, store: Store) -> bool:
             empty = next(it, None) is None
     except OSError:
         return False
-    return not (empty and store.cache_location(root).exists())
+    return not (empty and store.cache_location(root).parent.is_dir())
 
 
 @dataclass

@@ -58,6 +58,7 @@ class Scheduler:
         self.on_deleted = on_deleted or (lambda keys: None)
         self.counters = Counters()
         self.unavailable: dict[str, str] = {}  # stage -> why its model cannot run
+        self.offline: dict[Path, str] = {}  # root -> why the watcher reported it offline
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._later_wake = threading.Event()
@@ -90,7 +91,16 @@ class Scheduler:
     def rescan(self, root: Path, reason: str = "") -> None:
         if reason:
             log.warning("rescanning %s: %s", root, reason)
+        with self._lock:
+            self.offline.pop(root, None)
         self._add(root, recursive=True, ready=None)
+
+    def root_offline(self, root: Path, reason: str) -> None:
+        """A root went missing (unmounted): nothing is purged; it is rescanned when back."""
+        log.warning("root %s is offline: %s; its index is kept", root, reason)
+        with self._lock:
+            self.offline[root] = reason
+            self._scopes = {k: v for k, v in self._scopes.items() if not _under(k[0], root)}
 
     def set_roots(self, roots: list[Path]) -> None:
         with self._lock:
@@ -228,4 +238,9 @@ class Scheduler:
             "queue": self.pending(), "busy": self._active > 0, "unavailable": self.unavailable,
             "indexed": c.indexed, "failed": c.failed, "moved": c.moved, "removed": c.removed,
             "updated": c.updated, "reconciles": c.reconciles, "last_error": c.last_error,
+            "offline": {str(r): why for r, why in self.offline.items()},
         }
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents

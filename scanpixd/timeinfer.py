@@ -148,8 +148,10 @@ def _gps_zone(record: Record, meta: dict[str, Any]) -> str | None:
     if position is None:
         return None
     place = record.get("place")
-    if type(place) is dict and place.get("timezone"):
-        return str(place["timezone"])
+    if type(place) is dict:
+        name = place.get("timezone")
+        if isinstance(name, str) and _zone(name) is not None:
+            return name
     return timezone_at(*position)
 
 
@@ -246,8 +248,10 @@ def _zone(name: str) -> tzinfo | None:
         pass
     try:
         zone: tzinfo | None = ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        zone = None  # not a zone name (a hand-edited record): as if there were no zone
+    if len(_zones) > 1000:
+        _zones.clear()
     _zones[name] = zone
     return zone
 

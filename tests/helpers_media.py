@@ -8,9 +8,11 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
+from av.video.stream import VideoStream
 from PIL import Image
 
 from scanpixd.config import Settings
@@ -53,9 +55,11 @@ def marked_picture(size: tuple[int, int] = (120, 80)) -> Image.Image:
 
 def corner_colours(im: Image.Image) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Colour near the top-left and the bottom-right corner."""
-    rgb = im.convert("RGB")
-    w, h = rgb.size
-    return rgb.getpixel((w // 12, h // 12)), rgb.getpixel((w - 1 - w // 12, h - 1 - h // 12))
+    pixels = np.asarray(im.convert("RGB"))
+    h, w = pixels.shape[:2]
+    top_left = pixels[h // 12, w // 12]
+    bottom_right = pixels[h - 1 - h // 12, w - 1 - w // 12]
+    return tuple(int(v) for v in top_left), tuple(int(v) for v in bottom_right)
 
 
 def save_oriented(path: Path, base: Image.Image, orientation: int, fmt: str = "JPEG") -> Path:
@@ -133,7 +137,7 @@ def make_video(path: Path, colours: Sequence[tuple[int, int, int]], seconds_each
     """A clip of solid-colour scenes (one per colour) with a little motion in each."""
     width, height = size
     with av.open(str(path), mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=fps)
+        stream = cast(VideoStream, out.add_stream(codec, rate=fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "g": str(fps)}
@@ -195,3 +199,25 @@ def sweep(root: Path, cache_dir: Path) -> None:
     finally:
         services.close()
     sys.stdout.flush()
+
+
+def fake_raw(path: Path, preview: bytes, orientation: int) -> Path:
+    """A TIFF-structured camera file (name it .nef) holding a 1-pixel image, an Orientation
+    tag in IFD0 and ``preview`` as its embedded JPEG (IFD1), as raw files carry them."""
+    def ifd(entries: list[tuple[int, int, int]], next_offset: int) -> bytes:
+        out = struct.pack("<H", len(entries))
+        for tag, kind, value in sorted(entries):
+            packed = struct.pack("<H2x", value) if kind == 3 else struct.pack("<I", value)
+            out += struct.pack("<HHI", tag, kind, 1) + packed
+        return out + struct.pack("<I", next_offset)
+
+    ifd0_size, ifd1_size = 2 + 11 * 12 + 4, 2 + 3 * 12 + 4
+    ifd1_at = 8 + ifd0_size
+    pixel_at = ifd1_at + ifd1_size
+    jpeg_at = pixel_at + 2
+    ifd0 = ifd([(0x100, 3, 1), (0x101, 3, 1), (0x102, 3, 8), (0x103, 3, 1), (0x106, 3, 1),
+                (0x111, 4, pixel_at), (0x112, 3, orientation), (0x115, 3, 1), (0x116, 3, 1),
+                (0x117, 4, 1), (0xFE, 4, 1)], ifd1_at)
+    ifd1 = ifd([(0x103, 3, 6), (0x201, 4, jpeg_at), (0x202, 4, len(preview))], 0)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd0 + ifd1 + b"\x80\0" + preview)
+    return path

@@ -96,11 +96,20 @@ def watch_settings(*roots: Path, debounce: float = 0.2, poll: tuple[Path, ...] =
     return settings
 
 
-class _PrintingSink(RecordingSink):
-    def _add(self, kind: str, *args: Any) -> None:
-        line = json.dumps([kind, [str(a) for a in args]])
+_OUT = threading.Lock()
+
+
+def _emit(kind: str, *args: Any) -> None:
+    """One JSON line per call; the lock keeps lines from two threads apart."""
+    line = json.dumps([kind, [str(a) for a in args]])
+    with _OUT:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+class _PrintingSink(RecordingSink):
+    def _add(self, kind: str, *args: Any) -> None:
+        _emit(kind, *args)
 
 
 def _main(argv: list[str]) -> None:
@@ -110,14 +119,12 @@ def _main(argv: list[str]) -> None:
     roots = [Path(a) for a in argv]
     watcher = Watcher(watch_settings(*roots), _PrintingSink())
     watcher.start()
-    sys.stdout.write(json.dumps(["started", [json.dumps(watcher.status())]]) + "\n")
-    sys.stdout.flush()
+    _emit("started", json.dumps(watcher.status()))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.wait(0.2):
         pass
-    sys.stdout.write(json.dumps(["status", [json.dumps(watcher.status())]]) + "\n")
-    sys.stdout.flush()
+    _emit("status", json.dumps(watcher.status()))
     watcher.stop()
 
 

@@ -238,3 +238,17 @@ def test_place_stage_at_sea_keeps_only_the_zone(tmp_path: Path) -> None:
 def test_near_ignores_unusable_positions() -> None:
     assert not _near(make_record(gps=(float("nan"), 1.0)), (0.0, 1.0), 1e9)
     assert not _near(make_record(gps=(0.0, 0.0)), (0.0, 0.0), 1e9)
+
+
+def test_lookups_from_many_threads_agree() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    points = [(43.4674 + i * 0.01, 11.8851) for i in range(40)]
+
+    def work(i: int) -> tuple:
+        lat, lon = points[i]
+        return geo.reverse(lat, lon), geo.timezone_at(lat, lon), geo.resolve_place("Arezzo")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(len(points))))
+    assert results == [work(i) for i in range(len(points))]

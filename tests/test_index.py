@@ -161,7 +161,7 @@ def test_missing_root_is_reported_and_nothing_is_purged(settings, tmp_path):
     lib = tmp_path / "disk"
     make_library(lib, 3)
     index(settings, lib)
-    cache = Store(settings).cache_location(lib)
+    cache = Store(settings).cache_location(lib).parent
     records_before = sorted(cache.rglob("*.json"))
     assert records_before
     shutil.rmtree(lib)

@@ -3,6 +3,7 @@ orientation, colour profiles, odd pixel modes, hostile and broken files."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ from scanpixd.pipeline.sniff import sniff, sniff_bytes
 from scanpixd.pipeline.thumbs import ThumbsStage, content_key
 from scanpixd.store import Store
 from tests.helpers_media import (
+    INVERSE,
     corner_colours,
+    fake_raw,
     make_job,
     marked_picture,
     mean_colour,
@@ -264,6 +267,43 @@ def test_raw_without_preview_falls_back_to_its_tiff_image(tmp_path: Path,
     ok, job = run_media(path, Services(settings))
     assert ok, job.record["errors"]
     assert job.record["media"]["format"] == "NEF" and job.image.size == (60, 40)
+
+
+def _rotated_preview(orientation: int) -> bytes:
+    buffer = io.BytesIO()
+    method = INVERSE[orientation]
+    base = marked_picture((120, 80))
+    (base.transpose(method) if method is not None else base).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_raw_preview_is_turned_by_the_raw_files_orientation(tmp_path: Path,
+                                                             services: Services) -> None:
+    path = fake_raw(tmp_path / "DSC_0001.NEF", _rotated_preview(6), orientation=6)
+    try:
+        ok, job = run_media(path, services)
+    finally:
+        services.close()
+    assert ok, job.record["errors"]
+    media = job.record["media"]
+    assert (media["kind"], media["format"], media["width"], media["height"]) == ("image", "NEF",
+                                                                                  120, 80)
+    assert job.image.size == (120, 80)
+    top_left, bottom_right = corner_colours(job.image)
+    assert near(top_left, RED) and near(bottom_right, BLUE)
+    assert job.metadata is not None and job.metadata.get("IFD0:Orientation") == 6  # kept
+
+
+def test_raw_orientation_comes_from_the_dump_when_there_is_one(tmp_path: Path,
+                                                               services: Services) -> None:
+    path = fake_raw(tmp_path / "DSC_0002.NEF", _rotated_preview(6), orientation=6)
+    job = make_job(path, services.settings)
+    job.metadata = {"IFD0:Orientation": 1, "IFD1:Orientation": 6}
+    try:
+        assert run_stage(MediaStage(services), job), job.record["errors"]
+    finally:
+        services.close()
+    assert job.image.size == (80, 120)  # shown as stored, as the dump says
 
 
 # -- thumbnails -----------------------------------------------------------------------

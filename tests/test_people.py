@@ -64,6 +64,9 @@ def test_each_person_is_one_group_and_group_shots_split(tmp_path: Path, store: S
     assert root / "examples" / "two_people.jpg" in obama.files
     assert obama.count == len([r for r in TRUTH if "obama" in TRUTH[r]])
     assert obama.sample is not None and obama.sample.path in obama.files
+    listed = obama.to_dict()
+    assert listed["count"] == obama.count and listed["sample"] == str(obama.sample.path)
+    assert orjson.loads(orjson.dumps(listed)) == listed
     two = faces_record("examples/two_people.jpg")
     assert people.people_in(two) == {person_of(people, "obama"), person_of(people, "biden")}
 
@@ -73,7 +76,7 @@ def test_ids_are_the_same_on_every_machine(tmp_path: Path, store: Store) -> None
     rels = list(TRUTH)
     random.Random(1).shuffle(rels)
     one = People.load(store, [tmp_path / "a"], library(tmp_path / "a", list(TRUTH)))
-    other = People.load(store, [tmp_path / "b"], library(tmp_path / "b", rels))
+    other = People(store, [tmp_path / "b"]).load(library(tmp_path / "b", rels))
     assert [(p.id, p.count) for p in one.list()] == [(p.id, p.count) for p in other.list()]
 
 
@@ -129,7 +132,7 @@ def test_merge_holds_through_recluster_and_reload(tmp_path: Path, store: Store) 
     strict.name(obama_parts[1], "Obama")
     keep = obama_parts[0]
     for part in obama_parts[1:]:
-        assert strict.merge(keep, part) == keep
+        assert strict.merge(part, into=keep) == keep
     assert [pid for pid, labels in groups(strict).items() if "obama" in labels] == [keep]
     assert strict.person(keep).name == "Obama"  # type: ignore[union-attr]
     assert strict.person(obama_parts[1]).id == keep  # type: ignore[union-attr]
@@ -141,7 +144,7 @@ def test_merge_holds_through_recluster_and_reload(tmp_path: Path, store: Store) 
     assert [pid for pid, labels in groups(reloaded).items() if "obama" in labels] == [keep]
     assert "obama" in reloaded.people_in(faces_record("examples/obama.jpg"))
     with pytest.raises(UsageError, match="no person"):
-        reloaded.merge(keep, "pnothere")
+        reloaded.merge("pnothere", into=keep)
 
 
 def test_rejected_face_leaves_the_person_for_good(tmp_path: Path, store: Store) -> None:

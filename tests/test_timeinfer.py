@@ -295,6 +295,11 @@ def test_place_stage_zone_is_used_when_present() -> None:
     record["place"] = {"city": "Arezzo", "region": "Tuscany", "country": "Italy",
                        "country_code": "IT", "timezone": "Europe/Rome"}
     assert _infer({"x": record})["x"]["timezone"] == "Europe/Rome"
+    record["place"]["timezone"] = "Asia/Tokyo"  # the stage's answer is not looked up again
+    assert _infer({"x": record})["x"]["timezone"] == "Asia/Tokyo"
+    for bogus in ("../../etc/passwd", "/etc/localtime", 42, None):
+        record["place"]["timezone"] = bogus  # a hand-edited sidecar: looked up from the GPS
+        assert infer_times([("x", record)], Settings())["x"]["timezone"] == "Europe/Rome"
 
 
 def test_format_offset() -> None:

@@ -59,13 +59,18 @@ class Client:
             payload = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailable(f"no daemon on {self.socket_path}: {exc.strerror}") from None
-        except OSError as exc:
-            raise DaemonUnavailable(f"daemon on {self.socket_path} did not answer: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnavailable(f"daemon on {self.socket_path} did not answer: {exc!r}") from None
         finally:
             conn.close()
         if response.status >= 400:
             _raise_for(response.status, payload)
-        return payload if raw else orjson.loads(payload)
+        if raw:
+            return payload
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise ScanpixError(f"daemon on {self.socket_path} sent an answer that is not JSON") from None
 
     def answers(self) -> bool:
         try:

@@ -19,8 +19,10 @@ GET       /v1/openapi.json       the OpenAPI description of all of the above
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +32,7 @@ from scanpixd.errors import ModelUnavailable, QueryError, ScanpixError, UsageErr
 
 MAX_LIMIT = 1000
 MAX_TEXT = 2000
+MAX_THUMBNAIL = 32 * 1024 * 1024
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> Response:
@@ -44,13 +48,16 @@ class Response:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
     def response(self) -> Response:
-        return Response.json({"error": {"status": self.status, "message": self.message}}, self.status)
+        response = Response.json({"error": {"status": self.status, "message": self.message}}, self.status)
+        response.headers.update(self.headers)
+        return response
 
 
 class LibraryApi(Protocol):
@@ -102,10 +109,13 @@ class Router:
         ]
 
     def handle(self, method: str, route: str, params: dict[str, str], body: Any) -> Response:
-        handler = self.routes.get((method, route.rstrip("/") or "/"))
+        route = route.rstrip("/") or "/"
+        handler = self.routes.get((method, route))
         if handler is None:
-            if any(r == route for (_, r) in self.routes):
-                raise ApiError(405, f"{method} is not allowed on {route}")
+            allowed = sorted(m for (m, r) in self.routes if r == route)
+            if allowed:
+                raise ApiError(405, f"{method[:20]} is not allowed on {route}; use {', '.join(allowed)}",
+                               {"Allow": ", ".join(allowed)})
             raise ApiError(404, f"no such route: {route[:200]}")
         if body is not None and not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
@@ -123,6 +133,8 @@ class Router:
             raise ApiError(404, str(exc)) from None
         except (UsageError, ScanpixError) as exc:
             raise ApiError(400, str(exc)) from None
+        except OSError as exc:  # a name too long, a folder unreadable: about this request only
+            raise ApiError(404, f"cannot read {exc.filename or 'the file'}: {exc.strerror}") from None
 
     # -- handlers -------------------------------------------------------------------
     def _status(self, args: dict[str, Any]) -> Response:
@@ -166,8 +178,7 @@ class Router:
         size = None
         if args.get("size") not in (None, ""):
             size = _int(args, "size", 1, 100_000)
-        thumb = self.api.thumbnail(_path(args), size)
-        return Response(200, thumb.read_bytes(), "image/webp")
+        return Response(200, _read_thumbnail(self.api.thumbnail(_path(args), size)), "image/webp")
 
     def _reindex(self, args: dict[str, Any]) -> Response:
         _only(args, {"path"})
@@ -196,11 +207,13 @@ def _text(args: dict[str, Any], key: str) -> str:
 
 
 def _int(args: dict[str, Any], key: str, low: int, high: int) -> int:
+    """An integer from JSON, or a string of digits from a query string; nothing looser."""
     value = args.get(key)
-    try:
-        number = int(value) if not isinstance(value, bool) else None  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+        number = int(value)
     if number is None or not low <= number <= high:
         raise ApiError(400, f"{key} must be an integer from {low} to {high}")
     return number
@@ -216,6 +229,30 @@ def _path(args: dict[str, Any]) -> Path:
     if not path.is_absolute():
         raise ApiError(400, "path must be absolute")
     return path
+
+
+def _read_thumbnail(path: Path) -> bytes:
+    """The bytes of a thumbnail, only if it really is one.
+
+    The asset name comes from a sidecar, which a synced or copied library may have written
+    anywhere; a ``..`` in it, a symlink, or anything that is not a WebP image must never
+    turn this route into a way to read other files.
+    """
+    missing = FileNotFoundError(f"{path.name}: no thumbnail")
+    if ".." in path.parts:
+        raise missing
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise missing from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_THUMBNAIL:
+            raise missing
+        data = handle.read(MAX_THUMBNAIL)
+    if not (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        raise missing
+    return data
 
 
 def openapi(router: Router) -> dict[str, Any]:

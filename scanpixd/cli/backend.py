@@ -57,15 +57,21 @@ def socket_path(settings: Settings) -> Path:
     return Path(override) if override else settings.daemon.socket
 
 
+def connect(settings: Settings) -> RemoteLibrary | None:
+    """The daemon, if its socket answers."""
+    client = Client(socket_path(settings))
+    try:
+        client.get("/v1/status")
+    except DaemonUnavailable:
+        return None
+    return RemoteLibrary(client)
+
+
 def open_backend(settings: Settings, direct: bool = False) -> Any:
     """The daemon when its socket answers (unless ``direct``), else the sidecars."""
-    if not direct:
-        client = Client(socket_path(settings))
-        try:
-            client.get("/v1/status")
-            return RemoteLibrary(client)
-        except DaemonUnavailable:
-            pass
+    remote = None if direct else connect(settings)
+    if remote is not None:
+        return remote
     from scanpixd.service import LibraryService
 
     service = LibraryService(settings)

@@ -29,6 +29,7 @@ def index(paths: tuple[Path, ...], config_path: Path | None, jobs: int | None, a
           verbose: int) -> None:
     """Index PATHS once (default: the configured roots), then exit."""
     from scanpixd.indexer import Indexer
+    from scanpixd.instance import InstanceLock
 
     setup_cli_logging(verbose)
     settings = settings_from(config_path)
@@ -41,7 +42,8 @@ def index(paths: tuple[Path, ...], config_path: Path | None, jobs: int | None, a
     progress = ProgressLine()
     indexer = Indexer(settings, jobs=jobs, progress=progress)
     try:
-        summary = indexer.index(roots)
+        with InstanceLock(roots, purpose="index"):
+            summary = indexer.index(roots)
     finally:
         progress.close()
         indexer.close()
@@ -53,6 +55,20 @@ def index(paths: tuple[Path, ...], config_path: Path | None, jobs: int | None, a
         click.echo(orjson.dumps(summary.to_dict()).decode())
     else:
         click.echo(summary.line())
+
+
+@main.command()
+@config_option
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), help="Worker threads (default: config `jobs`).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@reports_errors
+def run(config_path: Path | None, jobs: int | None, verbose: bool) -> None:
+    """Run the daemon: watch the configured roots, keep their index current, serve queries."""
+    from scanpixd.daemon import run_daemon
+    from scanpixd.notify import setup_logging
+
+    setup_logging(verbose)
+    raise SystemExit(run_daemon(config_path, jobs))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def print_groups_table(groups: list[dict[str, Any]]) -> None:
         for m in group["members"]:
             mark = "*" if m["path"] == group["best"] else " "
             reasons = ", ".join(m.get("reasons") or [])
-            click.echo(f"  {mark} {m.get('score', 0):6.3f}  {m['path']}" + (f"  ({reasons})" if reasons else ""))
+            suffix = f"  ({reasons})" if reasons else ""
+            click.echo(f"  {mark} {m.get('score', 0):6.3f}  {m['path']}{suffix}")
 
 
 def print_people_table(people: list[dict[str, Any]]) -> None:
@@ -103,8 +104,10 @@ def _clear_links_dir(directory: Path) -> None:
 
 
 def default_links_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / "scanpix" / "results"
+    """Per user: in the shared temporary folder another user could have made it first."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "scanpix" if runtime else Path(tempfile.gettempdir()) / f"scanpix-{os.getuid()}"
+    return base / "results"
 
 
 def open_folder(directory: Path) -> None:

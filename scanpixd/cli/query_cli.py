@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from scanpixd.cli import output
-from scanpixd.cli.backend import open_backend
+from scanpixd.cli.backend import connect, open_backend
 from scanpixd.cli.common import config_option, reports_errors, settings_from
 from scanpixd.errors import UsageError
 from scanpixd.query.parser import parse
@@ -27,6 +27,22 @@ class _DefaultToSearch(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["search", *args]
         return super().parse_args(ctx, args)
+
+
+def _library_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A file that is not indexed or not readable, in direct mode: a message, not a traceback.
+
+    (Through the daemon the same cases come back as 404 and 403 answers.)
+    """
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise UsageError(str(exc)) from None
+
+    return wrapper
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,6 +99,7 @@ def _show_results(data: dict[str, Any], as_json: bool, as_paths: bool, links_dir
 @click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @_common
 @reports_errors
+@_library_errors
 def search(query: tuple[str, ...], limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
            links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Search by meaning and filters, e.g. `"dog on the beach" date:2023 -snow`."""
@@ -106,6 +123,7 @@ def _absolute_similar(query: Any) -> Any:
 @click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @_common
 @reports_errors
+@_library_errors
 def similar(path: Path, limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
             links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Photos that look like PATH (a library file or any image)."""
@@ -119,6 +137,7 @@ def similar(path: Path, limit: int, config_path: Path | None, as_json: bool, as_
 @click.option("-n", "--limit", type=click.IntRange(1, 1000), default=200, show_default=True)
 @_common
 @reports_errors
+@_library_errors
 def same_day(path: Path, limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
              links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Photos taken on the same (local) day as PATH."""
@@ -133,6 +152,7 @@ def same_day(path: Path, limit: int, config_path: Path | None, as_json: bool, as
               help="Kilometres around PATH's position.")
 @_common
 @reports_errors
+@_library_errors
 def same_place(path: Path, limit: int, radius: float, config_path: Path | None, as_json: bool,
                as_paths: bool, links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Photos taken within --radius km of where PATH was taken."""
@@ -148,6 +168,7 @@ def same_place(path: Path, limit: int, radius: float, config_path: Path | None, 
 @click.option("--bursts", "kinds", flag_value="burst", multiple=True, help="Bursts only.")
 @_common
 @reports_errors
+@_library_errors
 def duplicates(path: Path | None, kinds: tuple[str, ...], config_path: Path | None, as_json: bool,
                as_paths: bool, links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Groups of exact copies, near-duplicates and bursts (in PATH), with the best pick."""
@@ -178,6 +199,7 @@ def duplicates(path: Path | None, kinds: tuple[str, ...], config_path: Path | No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--direct", is_flag=True, help="Read the sidecars even if the daemon runs.")
 @reports_errors
+@_library_errors
 def people(name: tuple[str, str] | None, merge: tuple[str, str] | None, config_path: Path | None,
            as_json: bool, direct: bool) -> None:
     """List the people found in the library, or name and merge them."""
@@ -199,6 +221,7 @@ def people(name: tuple[str, str] | None, merge: tuple[str, str] | None, config_p
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("--direct", is_flag=True, help="Read the sidecars even if the daemon runs.")
 @reports_errors
+@_library_errors
 def info(path: Path, config_path: Path | None, as_json: bool, direct: bool) -> None:
     """Show everything scanpixd knows about one file."""
     from scanpixd.inspect import describe
@@ -206,7 +229,9 @@ def info(path: Path, config_path: Path | None, as_json: bool, direct: bool) -> N
     path = path.expanduser().absolute()
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    data = describe(path, settings_from(config_path))
+    settings = settings_from(config_path)
+    remote = None if direct else connect(settings)
+    data = remote.item(path) if remote is not None else describe(path, settings)
     if as_json:
         output.print_json(data)
         return
@@ -220,6 +245,7 @@ def info(path: Path, config_path: Path | None, as_json: bool, direct: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--direct", is_flag=True, help="Report on the sidecars even if the daemon runs.")
 @reports_errors
+@_library_errors
 def status(config_path: Path | None, as_json: bool, direct: bool) -> None:
     """The daemon's (or the library's) state: roots, queue, models, counts."""
     data = _backend(config_path, direct).status()
@@ -230,7 +256,8 @@ def status(config_path: Path | None, as_json: bool, direct: bool) -> None:
     for root, info in data.get("roots", {}).items():
         click.echo(f"root {root}: {'online' if info.get('online', True) else 'OFFLINE'}")
     for name, model in data.get("models", {}).items():
-        click.echo(f"model {name}: {model.get('state')}" + (f" ({model['error']})" if model.get("error") else ""))
+        error = f" ({model['error']})" if model.get("error") else ""
+        click.echo(f"model {name}: {model.get('state')}{error}")
     if "work" in data:
         click.echo(f"work: {data['work']}")
 

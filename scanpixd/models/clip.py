@@ -71,6 +71,23 @@ class ClipModel(LazyModel):
         self._id_error: str | None = None
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
+    @classmethod
+    def from_model(cls, model: Any, model_id: str, settings: ClipSettings | None = None
+                   ) -> ClipModel:
+        """Wrap an open_clip model built elsewhere (benchmarks, experiments) under ``model_id``."""
+        import open_clip
+
+        self = cls(settings or ClipSettings())
+        self._id = model_id
+        cfg = open_clip.transform.PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+        preprocess = open_clip.transform.image_transform_v2(cfg, is_train=False)
+        dim = int(model.visual.output_dim)
+        tokenizer = open_clip.get_tokenizer(model_id.split("/", 1)[0])
+        with self._lock:
+            self._model = _Loaded(model.eval(), preprocess, tokenizer, dim)
+            self._state = "ready"
+        return self
+
     # -- identity -------------------------------------------------------------------
     @property
     def model_id(self) -> str:

@@ -15,10 +15,13 @@ process is driven here directly:
   by the kernel to die with its parent (``PR_SET_PDEATHSIG``) and is stopped at interpreter
   exit; a dead process is restarted on the next call.
 
-Output options: ``-j -n -G1``: JSON, numbers instead of print conversions (signed decimal
-GPS, Orientation 1-8, Duration in seconds) and family-1 groups, which tell an EXIF
+Output options: ``-j -G1`` (JSON; family-1 groups, which tell an EXIF
 ``ExifIFD:DateTimeOriginal`` from a QuickTime ``Keys:CreationDate`` or a UTC
-``QuickTime:CreateDate``.
+``QuickTime:CreateDate``), with exiftool's readable print conversions for the dump
+("1/250", "AF-S Nikkor 50mm f/1.8G") except for the tags scanpixd computes with, which are
+asked for numerically (``TAG#`` before ``-all``): signed decimal GPS, Orientation 1-8,
+Rotation and Duration in seconds.  A global ``-n`` would also turn lens names into
+numeric codes.
 """
 
 from __future__ import annotations
@@ -48,8 +51,15 @@ from scanpixd.errors import ScanpixError
 
 log = logging.getLogger(__name__)
 
+# Numeric values for these; print conversions for the rest.  The order matters: a tag asked
+# for before ``-all`` keeps its ``#``.
+NUMERIC_TAGS: tuple[str, ...] = (
+    "GPSLatitude", "GPSLongitude", "GPSAltitude", "GPSAltitudeRef", "GPSCoordinates",
+    "Orientation", "Rotation", "Duration",
+)
 READ_ARGS: tuple[bytes, ...] = (
-    b"-j", b"-n", b"-G1", b"-q", b"-charset", b"filename=utf8", b"-api", b"largefilesupport=1",
+    b"-j", b"-G1", b"-q", b"-charset", b"filename=utf8", b"-api", b"largefilesupport=1",
+    *(f"-{tag}#".encode() for tag in NUMERIC_TAGS), b"-all",
 )
 # Embedded JPEGs a raw file may carry; the largest one is the preview.
 PREVIEW_TAGS: tuple[str, ...] = ("PreviewImage", "JpgFromRaw", "OtherImage", "ThumbnailImage")
@@ -105,6 +115,12 @@ class ExifToolService:
             except ExifToolUnavailable:
                 return False
             return True
+
+    @property
+    def pid(self) -> int | None:
+        """The running process's id (for diagnostics), None before the first call."""
+        process = self._process
+        return process.pid if process is not None and process.alive() else None
 
     @property
     def version(self) -> str | None:

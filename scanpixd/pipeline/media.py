@@ -61,6 +61,7 @@ class Decoded:
 
     image: Image.Image
     media: dict[str, Any]
+    metadata: dict[str, Any] | None = None  # an exiftool dump read on the way (raw files)
 
 
 class MediaStage(Stage):
@@ -78,6 +79,8 @@ class MediaStage(Stage):
     def run(self, job: Job) -> None:
         decoded = decode(job.path, self.services, self.working_size, job.metadata)
         job.image = decoded.image
+        if job.metadata is None and decoded.metadata is not None:
+            job.metadata = decoded.metadata  # the metadata stage reuses it
         job.record[self.name] = decoded.media
 
 
@@ -110,9 +113,7 @@ def _media(found: MediaType, size: tuple[int, int], frames: int | None,
 
 def _decode_video(path: Path, found: MediaType, max_side: int) -> Decoded:
     info, image = video.poster(path, max_side)
-    media = _media(found, (info.width, info.height), info.frames, info.duration)
-    media["codec"] = info.codec
-    return Decoded(image, media)
+    return Decoded(image, _media(found, (info.width, info.height), info.frames, info.duration))
 
 
 def _decode_picture(path: Path, found: MediaType, max_side: int) -> Decoded:
@@ -125,15 +126,20 @@ def _decode_raw(path: Path, found: MediaType, services: Services, max_side: int,
     """A camera raw through its embedded preview; a TIFF-like raw without one directly."""
     preview = _raw_preview(path, services)
     if preview:
+        if metadata is None:
+            metadata = _raw_dump(path, services)
         orientation = raw_orientation(path, metadata)
         image, size, _ = load_picture(io.BytesIO(preview), max_side, f"{found.format} preview",
                                       _PREVIEW_PLUGINS, orientation=orientation)
-        return Decoded(image, _media(found, size, 1))
+        sensor = _raw_size(metadata, orientation)
+        if sensor is None or sensor[0] * sensor[1] < size[0] * size[1]:
+            sensor = size  # an original is never smaller than its own preview
+        return Decoded(image, _media(found, sensor, 1), metadata)
     try:
         image, size, frames = load_picture(path, max_side, found.format, ["TIFF"])
     except DecodeError as exc:
         raise DecodeError(f"{found.format} raw file has no embedded preview ({exc})") from None
-    return Decoded(image, _media(found, size, frames))
+    return Decoded(image, _media(found, size, frames), metadata)
 
 
 def _raw_preview(path: Path, services: Services) -> bytes | None:
@@ -144,18 +150,46 @@ def _raw_preview(path: Path, services: Services) -> bytes | None:
         return None
 
 
+def _raw_dump(path: Path, services: Services) -> dict[str, Any] | None:
+    try:
+        dump = services.exiftool.metadata([path]).get(path)
+    except Exception as exc:  # the preview came through, so this is unlikely; go on without
+        log.debug("%s: no exiftool dump: %s", path, exc)
+        return None
+    return dump if dump and "error" not in dump else None
+
+
+# Where a raw file's own orientation lives, most trusted first (IFD1 is the thumbnail's).
+_ORIENTATION_GROUPS = ("IFD0", "ExifIFD", "XMP-tiff")
+
+
 def raw_orientation(path: Path, metadata: dict[str, Any] | None) -> int | None:
     """The raw file's own EXIF Orientation: from the exiftool dump, else its TIFF header."""
-    for key, value in (metadata or {}).items():
-        if key.rsplit(":", 1)[-1] == "Orientation":
-            found = _orientation_value(value)
-            if found:
-                return found
+    dump = metadata or {}
+    keys = [f"{group}:Orientation" for group in _ORIENTATION_GROUPS]
+    keys += [k for k in dump if k.endswith(":Orientation") and not k.startswith("IFD1:")]
+    for key in keys:
+        found = _orientation_value(dump.get(key))
+        if found:
+            return found
     try:
         with Image.open(path, formats=["TIFF"]) as im:
             return _orientation_value(im.getexif().get(_ORIENTATION_TAG))
     except Exception:  # not TIFF-based (CR3, RAF...) or a broken header: unknown
         return None
+
+
+def _raw_size(metadata: dict[str, Any] | None, orientation: int | None
+              ) -> tuple[int, int] | None:
+    """The size the camera records (exiftool's ImageSize), upright; None when unknown."""
+    value = (metadata or {}).get("Composite:ImageSize")
+    parts = str(value).replace("x", " ").split() if value is not None else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    width, height = int(parts[0]), int(parts[1])
+    if not (0 < width <= 200_000 and 0 < height <= 200_000):
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _orientation_value(value: Any) -> int | None:
@@ -297,9 +331,9 @@ def _reduce(im: Image.Image, max_side: int) -> Image.Image:
     if scale >= 1:
         return im.copy()
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # Box-average by the whole factor first, then a short Hamming filter for the rest:
-    # ~4x faster than one Lanczos pass over a 12 MP HEIC, and alike at thumbnail size.
-    return im.resize(size, Image.Resampling.HAMMING, reducing_gap=1.0)
+    # Area averaging (Pillow's box filter scaled to the factor): the cheapest filter that does
+    # not alias when shrinking, 4x faster than Lanczos here and alike at thumbnail size.
+    return im.resize(size, Image.Resampling.BOX)
 
 
 @lru_cache(maxsize=16)
@@ -315,7 +349,9 @@ def _transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     if mode in ("RGB", "RGBA") and description.lower().startswith("srgb"):
         return None
     out_mode = "RGBA" if mode == "RGBA" else "RGB"
-    return ImageCms.buildTransform(profile, _srgb_profile(), mode, out_mode)
+    # NOCACHE: lcms keeps a one-pixel cache per transform, unsafe when threads share one.
+    return ImageCms.buildTransform(profile, _srgb_profile(), mode, out_mode,
+                                   flags=ImageCms.Flags.NOCACHE)
 
 
 def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:

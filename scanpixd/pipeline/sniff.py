@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 HEADER_BYTES = 64
 READ_BYTES = 4096  # enough for a TIFF's first directory (DNG is told from TIFF by a tag there)
@@ -126,7 +127,7 @@ def _sniff_tiff(head: bytes) -> MediaType:
 
 def _ifd0_has(head: bytes, tag: int) -> bool:
     """Whether the first TIFF directory (when it lies within ``head``) holds ``tag``."""
-    order = "little" if head[:2] == b"II" else "big"
+    order: Literal["little", "big"] = "little" if head[:2] == b"II" else "big"
     offset = int.from_bytes(head[4:8], order)
     if offset < 8 or offset + 2 > len(head):
         return False

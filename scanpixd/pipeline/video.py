@@ -234,7 +234,8 @@ class _Candidate:
 
 
 def _histogram(frame: av.VideoFrame) -> np.ndarray:
-    small = frame.to_ndarray(width=_HIST_SIDE, height=_HIST_SIDE, format="rgb24")
+    small = np.asarray(frame.to_ndarray(width=_HIST_SIDE, height=_HIST_SIDE, format="rgb24"),
+                       dtype=np.uint8)
     hist = np.concatenate([np.bincount(small[..., c].ravel() >> 4, minlength=16) for c in range(3)])
     return hist.astype(np.float32) / hist.sum()
 
