@@ -109,14 +109,15 @@ def bench_infer() -> None:
 def bench_geocode() -> None:
     rng = random.Random(3)
     points = [(rng.uniform(-60, 70), rng.uniform(-180, 180)) for _ in range(100_000)]
+    import orjson  # noqa: F401  (imports out of both load timings)
+    import reverse_geocode
+    import scipy.spatial  # noqa: F401
+
     t0 = time.perf_counter()
     geo.reverse(0.0, 10.0)
     load = time.perf_counter() - t0
     ours, _ = timed(lambda: geo.reverse_many(points))
     single, _ = timed(lambda: [geo.reverse(*p) for p in points[:5000]], repeat=1)
-
-    import reverse_geocode
-
     t0 = time.perf_counter()
     reverse_geocode.get((0.0, 10.0))
     their_load = time.perf_counter() - t0

@@ -113,6 +113,7 @@ class DuplicateSettings:
     near_distance: int = 0  # pHash bits (of 256) for near-duplicates; 0: the preset's
     burst_distance: int = 0  # pHash bits (of 256) for burst frames; 0: the preset's
     clip_confirm: bool = True  # where CLIP vectors exist, CLIP must agree with the hashes
+    turned: bool = True  # also find copies turned or mirrored without an EXIF orientation
 
 
 @dataclass

@@ -53,7 +53,9 @@ class Daemon:
         self.service = LibraryService(settings, self.store, self.services, confine=True)
         self.scheduler = Scheduler(self.indexer, settings.roots,
                                    on_written=self.service.records_written,
-                                   on_deleted=self.service.records_deleted)
+                                   on_deleted=self.service.records_deleted,
+                                   view=self._view_under,
+                                   upkeep=self.service.upkeep)
         self.watcher = Watcher(settings, self.scheduler)
         self.service.attach(self.scheduler, self.watcher)
         self.api: ApiServer | None = None
@@ -128,6 +130,15 @@ class Daemon:
         self.service.set_roots(roots)
         log.info("configuration reloaded: %d roots (%d new)", len(roots), len(added))
         self.notifier.ready(self._status_line())
+
+    def _view_under(self, path: Path) -> dict[Path, list[str]]:
+        """The folders the library view holds at or below ``path``, with their file names."""
+        held: dict[Path, list[str]] = {}
+        for item in self.service.library.items():
+            folder = item.folder.folder
+            if folder == path or path in folder.parents:
+                held.setdefault(folder, []).append(item.name)
+        return held
 
     def _healthy(self) -> bool:
         return all(t.is_alive() for t in self._threads)

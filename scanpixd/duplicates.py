@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from scanpixd.config import DuplicateSettings, Settings
-from scanpixd.pipeline.hashes import COARSE_BITS, FINE_BITS, parse_hex
+from scanpixd.pipeline.hashes import COARSE_BITS, COARSE_SIZE, FINE_BITS, FINE_SIZE, parse_hex
 from scanpixd.pipeline.quality import explain, score_shots
 from scanpixd.record import Record, decode_vector
 
@@ -72,6 +72,7 @@ class Thresholds:
     clip_near: float  # cosine similarity CLIP must confirm, where both have vectors
     clip_crop: float
     clip_burst: float
+    clip_turned: float  # a turned picture moves CLIP more than a resized one
     chain: float  # any two members of a group stay within chain × thresholds
     min_detail: float  # pictures with less structure are not grouped by look
     distinct: float  # share of the fine thresholds for shots taken at different moments
@@ -81,10 +82,21 @@ class Thresholds:
 #: tone edits and drawn digits ≤ 20 (pHash) / ≤ 12 (dHash), a 3 % crop by ≤ 6 / ≤ 10 of
 #: 64; unrelated photos by ≥ 94 (pHash) / ≥ 50 (dHash) of 256; a real burst 22-40 / 5-14.
 PRESETS: dict[str, Thresholds] = {
-    "strict": Thresholds(16, 14, 8, 48, 6, 8, 44, 24, 8, 10, 0.92, 0.95, 0.90, 1.25, 3.0, 0.4),
-    "balanced": Thresholds(28, 24, 14, 72, 12, 16, 64, 36, 12, 16, 0.88, 0.92, 0.85, 1.5, 2.0,
-                           0.5),
-    "loose": Thresholds(40, 36, 20, 84, 16, 20, 80, 48, 16, 22, 0.85, 0.88, 0.80, 1.75, 1.5, 0.6),
+    "strict": Thresholds(
+        fine_phash=16, fine_dhash=14, edit_dhash=8, edit_phash=48, crop_phash8=6,
+        crop_dhash8=8, burst_phash=44, burst_dhash=24, burst_phash8=8, burst_dhash8=10,
+        clip_near=0.92, clip_crop=0.95, clip_burst=0.90, clip_turned=0.80, chain=1.25,
+        min_detail=3.0, distinct=0.4),
+    "balanced": Thresholds(
+        fine_phash=28, fine_dhash=24, edit_dhash=14, edit_phash=72, crop_phash8=12,
+        crop_dhash8=16, burst_phash=64, burst_dhash=36, burst_phash8=12, burst_dhash8=16,
+        clip_near=0.88, clip_crop=0.92, clip_burst=0.85, clip_turned=0.75, chain=1.5,
+        min_detail=2.0, distinct=0.5),
+    "loose": Thresholds(
+        fine_phash=40, fine_dhash=36, edit_dhash=20, edit_phash=84, crop_phash8=16,
+        crop_dhash8=20, burst_phash=80, burst_dhash=48, burst_phash8=16, burst_dhash8=22,
+        clip_near=0.85, clip_crop=0.88, clip_burst=0.80, clip_turned=0.70, chain=1.75,
+        min_detail=1.5, distinct=0.6),
 }
 
 
@@ -168,6 +180,8 @@ def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
     components: list[tuple[list[int], bool]] = []
     if wanted & {"near", "burst"} and len(contents) > 1:
         table = _Table(pool, contents, section.burst_window, thresholds(section))
+        if section.turned and "near" in wanted:
+            table.find_turns()
         components = _Linker(table, wanted, section.clip_confirm).components()
     grouped = {i for members, _ in components for i in members}
     if "exact" in wanted:
@@ -214,19 +228,22 @@ class _Table:
         self.hashed = np.zeros(n, bool)
         self.fine_p, self.fine_d, self.coarse_p, self.coarse_d = self._read_hashes()
         # The same bits as 64-bit word columns: what distances are computed from.
-        self.words = {name: np.ascontiguousarray(bits.view(np.uint64).T) for name, bits in
+        self.words = {name: _columns(bits) for name, bits in
                       zip(("p", "d", "p8", "d8"), (self.fine_p, self.fine_d, self.coarse_p,
                                                    self.coarse_d), strict=True)}
+        self.turned: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # see find_turns
         self.utc = np.full(n, np.nan)
         self.local = np.full(n, np.nan)
         self.precise = np.zeros(n, bool)
         self.camera = np.full(n, -1, np.int64)
+        self.has_clip = np.zeros(n, bool)
         cameras: dict[str, int] = {}
         for i, record in enumerate(self.records):
             self._times(i, record)
             model = _camera(record)
             if model:
                 self.camera[i] = cameras.setdefault(model, len(cameras))
+            self.has_clip[i] = "clip" in record
         self._clip: dict[int, tuple[str, np.ndarray] | None] = {}
 
     def _read_hashes(self) -> list[np.ndarray]:
@@ -255,6 +272,14 @@ class _Table:
             out.append(full)
         return out
 
+    def find_turns(self) -> None:
+        """Also compare pictures turned or mirrored (a copy that lost its EXIF orientation):
+        per turn, the pHash bytes and the 256- and 64-bit word columns."""
+        for turn in _TURNS:
+            fine = turn_phash(self.fine_p, FINE_SIZE, turn)
+            coarse = turn_phash(self.coarse_p, COARSE_SIZE, turn)
+            self.turned.append((fine, _columns(fine), _columns(coarse)))
+
     def _times(self, i: int, record: Record) -> None:
         taken = record.get("taken")
         taken = taken if isinstance(taken, dict) else {}
@@ -273,6 +298,34 @@ class _Table:
         if i not in self._clip:
             self._clip[i] = _clip_vector(self.records[i])
         return self._clip[i]
+
+
+def _columns(bits: np.ndarray) -> np.ndarray:
+    """(n, bytes) hash rows as (words, n) columns of 64-bit words."""
+    return np.ascontiguousarray(bits.view(np.uint64).T)
+
+
+# The seven ways to turn or mirror a picture, as (transpose, mirror, flip).  A mirror
+# changes the sign of DCT coefficient (u, v) where v is odd, a flip where u is odd, a
+# transpose swaps u and v; a pHash bit compares its coefficient with a median near zero, so
+# a sign change inverts it.  The hash of a turned copy thus follows from the original's
+# (measured: within 12 of 256 bits of the turned picture's own hash).
+_TURNS = [(t, m, f) for t in (0, 1) for m in (0, 1) for f in (0, 1)][1:]
+
+
+def turn_phash(bits: np.ndarray, side: int, turn: tuple[int, int, int]) -> np.ndarray:
+    """pHash rows (n, side² / 8 bytes) of the same pictures turned or mirrored."""
+    transpose, mirror, flip = turn
+    odd = (np.arange(side) % 2).astype(np.uint8)
+    mask = np.zeros((side, side), np.uint8)
+    if mirror:
+        mask ^= odd[None, :]
+    if flip:
+        mask ^= odd[:, None]
+    grid = np.unpackbits(bits, axis=1).reshape(-1, side, side) ^ mask
+    if transpose:
+        grid = grid.transpose(0, 2, 1)
+    return np.packbits(grid.reshape(bits.shape[0], -1), axis=1)
 
 
 def _hash_texts(record: Record, min_detail: float) -> tuple[str, str, str, str] | None:
@@ -361,6 +414,12 @@ def _chunk_keys(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits[:, _BYTE_ORDER]).view(">u2").astype(np.uint16)
 
 
+def _wide_keys(bits: np.ndarray) -> np.ndarray:
+    """(n, 10) 24-bit chunk values of byte-shuffled 256-bit hashes (the last 2 bytes unused)."""
+    chunks = bits[:, _BYTE_ORDER[:30]].reshape(bits.shape[0], 10, 3).astype(np.uint32)
+    return (chunks[:, :, 0] << 16) | (chunks[:, :, 1] << 8) | chunks[:, :, 2]
+
+
 def _row_keys(bits: np.ndarray) -> np.ndarray:
     """One 64-bit key per whole hash (equal hashes, equal keys; others collide ~never)."""
     words = bits.view(np.uint64)
@@ -416,6 +475,20 @@ def index_pairs(fine: Sequence[np.ndarray], ids: np.ndarray) -> Iterator[tuple[n
             yield from _equal_pairs(keys[:, column], ids[first])
 
 
+def cross_pairs(keys_a: np.ndarray, ids_a: np.ndarray, sorted_b: np.ndarray,
+                ids_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (x from a, y from b) with equal keys (``sorted_b`` ascending, ``ids_b`` in its
+    order), at most ``_MAX_RUN`` per key."""
+    lo = np.searchsorted(sorted_b, keys_a, side="left")
+    counts = np.minimum(np.searchsorted(sorted_b, keys_a, side="right") - lo, _MAX_RUN)
+    total = int(counts.sum())
+    if not total:
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return np.repeat(ids_a, counts), ids_b[starts + np.arange(total)]
+
+
 def window_pairs(times: np.ndarray, ids: np.ndarray,
                  window: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pairs among ``ids`` whose ``times`` lie at most ``window`` seconds apart."""
@@ -433,10 +506,7 @@ def window_pairs(times: np.ndarray, ids: np.ndarray,
 def _distance(words: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamming distances of pairs, from (words, n) columns of 64-bit words (one-dimensional
     gathers are several times faster than gathering rows)."""
-    total = np.bitwise_count(words[0][a] ^ words[0][b]).astype(np.int32)
-    for column in words[1:]:
-        total += np.bitwise_count(column[a] ^ column[b])
-    return total
+    return _cross_distance(words, words, a, b)
 
 
 @dataclass
@@ -449,6 +519,7 @@ class _Verdict:
     fine: np.ndarray  # the near closeness without the crop rule
     burst: np.ndarray
     in_window: np.ndarray  # distinct capture times within the burst window, one camera
+    turned: np.ndarray  # matched as a turned or mirrored copy
 
 
 def judge(table: _Table, a: np.ndarray, b: np.ndarray) -> _Verdict:
@@ -459,14 +530,34 @@ def judge(table: _Table, a: np.ndarray, b: np.ndarray) -> _Verdict:
     p8, d8 = _distance(w["p8"], a, b), _distance(w["d8"], a, b)
     same, distinct, in_window = _moments(table, a, b)
     fine = np.maximum(dp / t.fine_phash, dd / t.fine_dhash)
-    edit = np.maximum(dd / t.edit_dhash, dp / t.edit_phash)
+    edit = np.minimum(fine, np.maximum(dd / t.edit_dhash, dp / t.edit_phash))
+    turned = _turned_closeness(table, a, b)
     # Shots taken at different moments are near-duplicates only when all but identical;
-    # an edit or a crop keeps the capture time of its original.
-    near = np.where(distinct, fine / t.distinct, np.minimum(fine, edit))
+    # an edit, a crop or a turned copy keeps the capture time of its original.
+    near = np.where(distinct, np.minimum(fine, turned) / t.distinct, np.minimum(edit, turned))
     crop = np.where(same, np.maximum(p8 / t.crop_phash8, d8 / t.crop_dhash8), np.inf)
     burst = np.minimum(np.maximum(dp / t.burst_phash, dd / t.burst_dhash),
                        np.maximum(p8 / t.burst_phash8, d8 / t.burst_dhash8))
-    return _Verdict(a, b, np.minimum(near, crop), near, burst, in_window)
+    return _Verdict(a, b, np.minimum(near, crop), near, burst, in_window, turned < edit)
+
+
+def _turned_closeness(table: _Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How close ``a`` turned or mirrored is to ``b`` (pHash only: dHash cannot be turned)."""
+    best = np.full(a.size, np.inf)
+    t = table.limits
+    for _, fine, coarse in table.turned:
+        dp = _cross_distance(fine, table.words["p"], a, b)
+        p8 = _cross_distance(coarse, table.words["p8"], a, b)
+        best = np.minimum(best, np.maximum(dp / t.fine_phash, p8 / t.crop_phash8))
+    return best
+
+
+def _cross_distance(left: np.ndarray, right: np.ndarray, a: np.ndarray,
+                    b: np.ndarray) -> np.ndarray:
+    total = np.bitwise_count(left[0][a] ^ right[0][b]).astype(np.int32)
+    for column_a, column_b in zip(left[1:], right[1:], strict=True):
+        total += np.bitwise_count(column_a[a] ^ column_b[b])
+    return total
 
 
 def _moments(table: _Table, a: np.ndarray,
@@ -511,6 +602,24 @@ class _Linker:
             close = _distance(t.words["p"], a, b) <= loosest
             yield a[close], b[close]
 
+    def _turned_candidates(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Pairs where one picture, turned or mirrored, shares a 24-bit pHash chunk with the
+        other.  Turned copies stay within ~12 bits, so wide chunks suffice (all within 9
+        bits are found, ~96 % at 12) and collide far less often than 16-bit ones."""
+        t = self.table
+        ids = np.flatnonzero(t.hashed)
+        if ids.size < 2:
+            return
+        keys = _wide_keys(t.fine_p[ids])
+        for column in range(keys.shape[1]):
+            order = np.argsort(keys[:, column], kind="stable")
+            ordered = keys[order, column]
+            for fine, words, _ in t.turned:
+                a, b = cross_pairs(_wide_keys(fine[ids])[:, column], ids, ordered, ids[order])
+                close = (a != b) & (_cross_distance(words, t.words["p"], a, b)
+                                    <= t.limits.fine_phash)
+                yield a[close], b[close]
+
     def _time_candidates(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Pairs taken within the burst window (or the same second) of each other."""
         t = self.table
@@ -528,6 +637,8 @@ class _Linker:
         sources = [self._time_candidates()]
         if "near" in self.kinds:
             sources.insert(0, self._index_candidates())
+            if self.table.turned:
+                sources.append(self._turned_candidates())
         for source in sources:
             for a, b in _batched(source):
                 if a.size:
@@ -548,7 +659,8 @@ class _Linker:
         as_near = ("near" in self.kinds) & ~as_burst & (v.near <= 1)
         keep = as_burst | as_near
         close = np.where(as_burst, np.minimum(v.near, v.burst), v.near)
-        needed = np.where(as_burst, t.clip_burst, np.where(v.fine <= 1, t.clip_near, t.clip_crop))
+        needed = np.where(as_burst, t.clip_burst, np.where(
+            v.turned, t.clip_turned, np.where(v.fine <= 1, t.clip_near, t.clip_crop)))
         a, b, close, as_burst, needed = a[keep], b[keep], close[keep], as_burst[keep], needed[keep]
         if self.clip_confirm and a.size:
             agree = _clip_agrees(self.table, a, b, needed)
@@ -576,7 +688,7 @@ def _batched(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[n
 def _clip_agrees(table: _Table, a: np.ndarray, b: np.ndarray, needed: np.ndarray) -> np.ndarray:
     """False where both have CLIP vectors of one model and they disagree."""
     agree = np.ones(a.size, bool)
-    for k in range(a.size):
+    for k in np.flatnonzero(table.has_clip[a] & table.has_clip[b]):
         va, vb = table.clip(int(a[k])), table.clip(int(b[k]))
         if va is not None and vb is not None and va[0] == vb[0]:
             agree[k] = float(va[1] @ vb[1]) >= needed[k]
@@ -602,8 +714,9 @@ def _link(table: _Table, a: np.ndarray, b: np.ndarray, close: np.ndarray, burst:
             bursty[ra] = bursty.get(ra, False) or bool(burst[k])
             continue
         left, right = members.get(ra, [ra]), members.get(rb, [rb])
-        if not _compatible(table, left, right, bool(burst[k]) or bursty.get(ra, False)
-                           or bursty.get(rb, False)):
+        loose = bool(burst[k]) or bursty.get(ra, False) or bursty.get(rb, False)
+        # Two single photos: the edge itself is their only pair, already within the rules.
+        if (len(left) > 1 or len(right) > 1) and not _compatible(table, left, right, loose):
             continue
         if len(left) < len(right):
             ra, rb, left, right = rb, ra, right, left

@@ -42,6 +42,10 @@ class DecodeError(ScanpixError):
     """A media file cannot be decoded; recorded as the file's failure reason."""
 
 
+class NotMedia(DecodeError):
+    """The file is not an image or video at all: recorded as skipped, not as a failure."""
+
+
 class AlreadyRunning(ScanpixError):
     """Another scanpixd instance already serves one of the roots."""
 

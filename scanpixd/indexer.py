@@ -25,6 +25,7 @@ from scanpixd.pipeline.base import run_stage
 from scanpixd.record import Record, new_record
 from scanpixd.scan import Plan, WorkItem, reconcile
 from scanpixd.store import FolderStore, Store
+from scanpixd.upkeep import refresh_vector_indexes, update_times
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Summary:
     copied: int = 0
     removed: int = 0
     failed: int = 0
+    skipped: int = 0  # files that turned out not to be media at all
     updated: int = 0  # files whose newer stages ran (model work, a stage version bump)
     offline_roots: list[Path] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # stage -> why it could not run
@@ -52,6 +54,8 @@ class Summary:
     def line(self) -> str:
         parts = [f"indexed {self.indexed}", f"unchanged {self.unchanged}", f"moved {self.moved}",
                  f"removed {self.removed}", f"failed {self.failed}"]
+        if self.skipped:
+            parts.append(f"not media {self.skipped}")
         if self.copied:
             parts.insert(3, f"copied {self.copied}")
         if self.updated:
@@ -64,7 +68,7 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "indexed": self.indexed, "unchanged": self.unchanged, "moved": self.moved,
-            "copied": self.copied, "removed": self.removed, "failed": self.failed,
+            "copied": self.copied, "removed": self.removed, "failed": self.failed, "skipped": self.skipped,
             "updated": self.updated, "offline_roots": [str(r) for r in self.offline_roots],
             "unavailable": self.unavailable, "interrupted": self.interrupted,
             "seconds": round(self.seconds, 3),
@@ -103,7 +107,7 @@ class Indexer:
             log.warning("%s: cannot read: %s", path, reason)
         self.process(plan.work, summary)
         if not self.stop.is_set():
-            self.finish(plan)
+            self.finish(plan, list(roots))
         summary.interrupted = self.stop.is_set()
         summary.seconds = time.monotonic() - started
         return summary
@@ -118,11 +122,30 @@ class Indexer:
         if not self.stop.is_set():
             self.run_later(keys, Tier.MODEL, summary)
 
-    def finish(self, plan: Plan) -> None:
-        """Library-wide passes after a run: drop orphaned files in each data directory."""
+    def finish(self, plan: Plan, roots: list[Path]) -> None:
+        """Library-wide passes after a run: orphans swept, times inferred, vector indexes."""
+        entries = []
+        folders = []
         for folder in plan.folders:
-            if folder.exists():
-                folder.sweep(folder.records())
+            if not folder.exists():
+                continue
+            records = folder.records()
+            folder.sweep(records)
+            folders.append((folder, records))
+            entries.extend((folder, name, record) for name, record in records.items())
+        self.progress("times", 0, 1)
+        update_times(entries, roots, self.settings)
+        self.progress("times", 1, 1)
+        refresh_vector_indexes(folders, self.model_id())
+
+    def model_id(self) -> str | None:
+        """The CLIP model's id when the embedding stage is on and its model can be named."""
+        if not any(s.name == "clip" for s in self.stages):
+            return None
+        try:
+            return self.services.clip.model_id
+        except ModelUnavailable:
+            return None
 
     # -- cheap tier -----------------------------------------------------------------
     def run_cheap(self, items: Sequence[WorkItem], summary: Summary) -> None:
@@ -145,8 +168,11 @@ class Indexer:
     def _collect(self, future: Future[Record | None], summary: Summary, total: int, done: int) -> int:
         record = future.result()
         if record is not None:
-            if record.get("status") == "failed":
+            status = record.get("status")
+            if status == "failed":
                 summary.failed += 1
+            elif status == "skipped":
+                summary.skipped += 1
             else:
                 summary.indexed += 1
         self.progress("index", done + 1, total)
@@ -219,7 +245,7 @@ class Indexer:
     def _load_job(self, key: tuple[FolderStore, str]) -> Job | None:
         folder, name = key
         record = folder.read(name)
-        if record is None or record.get("status") == "failed":
+        if record is None or record.get("status") != "ok":
             return None
         return Job(folder.folder / name, folder, record)
 

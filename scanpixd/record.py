@@ -9,7 +9,7 @@ read a sidecar without scanpixd installed.  Its shape, documented in the README 
       "name_b64": "...",                 # only when the name is not valid UTF-8 (raw bytes)
       "size": 2837465, "mtime_ns": 1700000000000000000,
       "hash": "b2:<32 hex>",             # blake2b-128 of the file's bytes
-      "status": "ok" | "failed",
+      "status": "ok" | "failed" | "skipped",   # skipped: not media at all
       "error": null | "why the file could not be read",
       "stages": {"media": 1, "metadata": 1, "thumbs": 1, ...},   # stage -> version key
       "errors": {"preview": "why that stage failed"},            # per-stage failures

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from scanpixd.config import Settings
 from scanpixd.pipeline.base import Stage, Tier, pending
+from scanpixd.pipeline.sniff import worth_sniffing
 from scanpixd.record import Record, encode_name
 from scanpixd.excludes import Excluder
 from scanpixd.store import FolderStore, Store
@@ -57,7 +58,7 @@ def walk(root: Path, excluder: Excluder, recursive: bool = True, rel: str = ""
                 if entry.is_dir(follow_symlinks=False):
                     if recursive and not excluder.excluded_child(rel, entry.name, is_dir=True):
                         stack.append((Path(entry.path), child_rel))
-                elif entry.is_file(follow_symlinks=False):
+                elif entry.is_file(follow_symlinks=False) and worth_sniffing(entry.name):
                     if not excluder.excluded_child(rel, entry.name, is_dir=False):
                         files[entry.name] = entry.stat(follow_symlinks=False)
             except OSError:
@@ -277,7 +278,7 @@ def _take_copy(item: WorkItem,
     """An exact copy of a file already indexed reuses its results instead of recomputing."""
     assert item.hash is not None
     found = live_by_hash.get(item.hash)
-    if found is None or found[2].get("status") == "failed":
+    if found is None or found[2].get("status") != "ok":
         return False
     source_folder, _, source_record = found
     record = dict(source_record)

@@ -7,6 +7,12 @@ files costs one reconcile, not a thousand.  Cheap work always goes first; backgr
 and model work is done in small batches between checks for new cheap work, so a photo
 dropped into a folder is findable by its metadata within a second or two even while a
 large import is being embedded.
+
+The library view is told about every record written or removed.  Two kinds of change
+leave no trace in a reconcile's plan, so they are settled here: a folder renamed, moved
+or deleted in place takes its ``.scanpix/`` along (its records are neither written nor
+removed, they simply are elsewhere now), and a file reported gone whose record the
+reconcile dropped as part of a move.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from typing import Any
 from scanpixd.indexer import Indexer, Summary
 from scanpixd.notify import lower_thread_priority
 from scanpixd.pipeline import Tier
-from scanpixd.scan import Scope, reconcile_scopes
+from scanpixd.scan import Plan, Scope, reconcile_scopes
 from scanpixd.store import FolderStore
 
 log = logging.getLogger(__name__)
 
 Key = tuple[FolderStore, str]
+ViewFn = Callable[[Path], dict[Path, list[str]]]  # folder -> names the view holds, under a path
 LATER_BATCH = 16
 
 
@@ -51,12 +58,18 @@ class Scheduler:
 
     def __init__(self, indexer: Indexer, roots: list[Path],
                  on_written: Callable[[list[Key]], None] | None = None,
-                 on_deleted: Callable[[list[Key]], None] | None = None):
+                 on_deleted: Callable[[list[Key]], None] | None = None,
+                 view: ViewFn | None = None,
+                 upkeep: Callable[[], None] | None = None, upkeep_interval: float = 5.0):
         self.indexer = indexer
         self.roots = list(roots)
         self.on_written = on_written or (lambda keys: None)
         self.on_deleted = on_deleted or (lambda keys: None)
+        self.view = view  # what the library view holds, to follow folders that moved as a whole
         self.counters = Counters()
+        self.upkeep = upkeep or (lambda: None)
+        self.upkeep_interval = upkeep_interval
+        self._upkeep_due: float | None = None  # monotonic time the library passes are due
         self.unavailable: dict[str, str] = {}  # stage -> why its model cannot run
         self.offline: dict[Path, str] = {}  # root -> why the watcher reported it offline
         self._lock = threading.Lock()
@@ -64,6 +77,7 @@ class Scheduler:
         self._later_wake = threading.Event()
         self._active = 0
         self._scopes: dict[tuple[Path, bool], set[Path] | None] = {}
+        self._gone: set[Path] = set()  # files reported removed or moved away
         self._later: deque[Key] = deque()
         self._later_set: set[tuple[Path, str]] = set()
 
@@ -72,10 +86,10 @@ class Scheduler:
         self._add(path.parent, recursive=False, ready=path)
 
     def file_removed(self, path: Path) -> None:
-        self._add(path.parent, recursive=False, ready=None, trust=False)
+        self._add(path.parent, recursive=False, ready=None, trust=False, gone=path)
 
     def file_moved(self, src: Path, dst: Path) -> None:
-        self._add(src.parent, recursive=False, ready=None, trust=False)
+        self._add(src.parent, recursive=False, ready=None, trust=False, gone=src)
         self._add(dst.parent, recursive=False, ready=dst)
 
     def dir_ready(self, path: Path) -> None:
@@ -108,10 +122,13 @@ class Scheduler:
         for root in roots:
             self.rescan(root)
 
-    def _add(self, path: Path, recursive: bool, ready: Path | None, trust: bool = True) -> None:
+    def _add(self, path: Path, recursive: bool, ready: Path | None, trust: bool = True,
+             gone: Path | None = None) -> None:
         """Note a scope; ``ready`` None with ``trust`` means every file in it is complete."""
         key = (path, recursive)
         with self._lock:
+            if gone is not None:
+                self._gone.add(gone)
             current = self._scopes.get(key, set())
             if current is None:
                 pass  # already trusting the whole scope
@@ -138,9 +155,19 @@ class Scheduler:
         self._loop(stop, self._wake, self._reconcile_pending)
 
     def run_later(self, stop: threading.Event) -> None:
-        """The slow loop, on its own low-priority thread: previews, faces, CLIP."""
+        """The slow loop, on its own low-priority thread: previews, faces, CLIP, then the
+        library-wide passes (time inference) once changes have settled."""
         lower_thread_priority()
-        self._loop(stop, self._later_wake, self._later_batch)
+        self._loop(stop, self._later_wake, self._later_step)
+
+    def _later_step(self) -> bool:
+        if self._later_batch():
+            return True
+        due = self._upkeep_due
+        if due is not None and time.monotonic() >= due:
+            self._upkeep_due = None
+            self.upkeep()
+        return False  # the loop looks again within a second, so a due pass is not missed
 
     def _loop(self, stop: threading.Event, wake: threading.Event, step: Callable[[], bool]) -> None:
         while not stop.is_set():
@@ -160,25 +187,31 @@ class Scheduler:
     def _reconcile_pending(self) -> bool:
         with self._lock:
             scopes, self._scopes = self._scopes, {}
+            gone, self._gone = self._gone, set()
             if not scopes:
                 return False
             self._active += 1
         try:
-            self._reconcile(scopes)
+            self._reconcile(scopes, gone)
         finally:
             with self._lock:
                 self._active -= 1
         return True
 
-    def _reconcile(self, scopes: dict[tuple[Path, bool], set[Path] | None]) -> None:
+    def _reconcile(self, scopes: dict[tuple[Path, bool], set[Path] | None], gone: set[Path]) -> None:
         built = [s for s in (self._scope(p, r, ready) for (p, r), ready in scopes.items()) if s]
         plan = reconcile_scopes(built, self.indexer.settings, self.indexer.store,
                                 self.indexer.stages, hash_workers=self.indexer.jobs)
         self.counters.reconciles += 1
-        if plan.deleted:
-            self.on_deleted(plan.deleted)
+        held = self._held(built, plan)
+        deleted = plan.deleted + self._records_gone(gone, plan)
+        if deleted:
+            self.on_deleted(deleted)
         if plan.written:
             self.on_written(plan.written)
+        self._follow_folders(held, plan)
+        if plan.work or plan.written or plan.deleted:
+            self._upkeep_due = time.monotonic() + self.upkeep_interval
         summary = Summary()
         self.indexer.run_cheap(plan.work, summary)
         keys = [(item.folder, item.name) for item in plan.work]
@@ -188,6 +221,36 @@ class Scheduler:
         self.counters.failed += summary.failed + len(plan.unreadable)
         self.counters.moved += plan.moved
         self.counters.removed += plan.removed
+
+    def _records_gone(self, gone: set[Path], plan: Plan) -> list[Key]:
+        """Files reported gone whose record went too (a move's source is not in the plan)."""
+        store, listed = self.indexer.store, {(f.folder, n) for f, n in plan.deleted}
+        keys = [(store.folder(p.parent), p.name) for p in gone if (p.parent, p.name) not in listed]
+        return [(folder, name) for folder, name in keys if folder.read(name) is None]
+
+    def _held(self, scopes: list[Scope], plan: Plan) -> dict[Path, dict[Path, list[str]]]:
+        """Per tree scope (folder events, rescans), what the view held below it before."""
+        if self.view is None:
+            return {}
+        return {s.path: self.view(s.path) for s in scopes
+                if s.recursive and s.root not in plan.offline_roots}
+
+    def _follow_folders(self, held: dict[Path, dict[Path, list[str]]], plan: Plan) -> None:
+        """Tell the view about folders that arrived or left with their ``.scanpix/``.
+
+        Compared by folder, so folders that stayed where they were cost no reads.
+        """
+        seen = {f.folder: f for f in plan.folders}
+        for top, folders in held.items():
+            left = [(self.indexer.store.folder(folder), name)
+                    for folder, names in folders.items() if folder not in seen for name in names]
+            if left:
+                self.on_deleted(left)
+            for path, folder in seen.items():
+                if path not in folders and _under(path, top):
+                    arrived = [(folder, name) for name in folder.records()]
+                    if arrived:
+                        self.on_written(arrived)
 
     def _scope(self, path: Path, recursive: bool, ready: set[Path] | None) -> Scope | None:
         root = self._root_of(path)

@@ -30,6 +30,7 @@ from scanpixd.query.parser import parse
 from scanpixd.query.tree import DateFilter, NearFilter, Query, SimilarTerm, item_date, item_position
 from scanpixd.record import Record
 from scanpixd.store import FolderStore, Store
+from scanpixd.upkeep import update_times
 
 if TYPE_CHECKING:
     from scanpixd.scheduler import Scheduler
@@ -106,6 +107,13 @@ class LibraryService:
             self.library.remove(folder, name)
             if self._people is not None:
                 self._people.forget(folder.folder, name)
+
+    def upkeep(self) -> None:
+        """Library-wide passes after changes settle (time inference across neighbours)."""
+        entries = [(i.folder, i.name, i.record) for i in self.library.items()]
+        written = update_times(entries, self.roots, self.settings)
+        if written:
+            self.records_written(written)
 
     # -- queries ----------------------------------------------------------------------------
     def search(self, text: str, limit: int) -> dict[str, Any]:

@@ -37,13 +37,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from scanpixd.config import Settings
 from scanpixd.errors import ConfigError
 from scanpixd.geo import timezone_at, valid_gps
-from scanpixd.record import Record
+
+if TYPE_CHECKING:
+    from scanpixd.config import Settings
+    from scanpixd.record import Record
 
 SOURCES = ("offset-tag", "gps", "neighbour", "home", "utc-tag", "unknown")
 

@@ -118,7 +118,7 @@ class DaemonProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, signum: int) -> None:
+    def send(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 

@@ -189,7 +189,7 @@ def sweep(root: Path, cache_dir: Path) -> None:
             started = time.monotonic()
             job = make_job(path, settings, store)
             for stage in stages:
-                if stage.applies(job.record) and job.record["status"] != "failed":
+                if stage.applies(job.record) and job.record["status"] == "ok":
                     run_stage(stage, job)
             result = {"path": str(path), "ms": round(1000 * (time.monotonic() - started)),
                       "status": job.record["status"], "errors": job.record["errors"],

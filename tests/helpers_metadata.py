@@ -140,5 +140,5 @@ def reference_degrees(dms: str | None, ref: str | None) -> float | None:
     if not match:
         return None
     d, m, s = (float(g) for g in match.groups())
-    value = d + m / 60 + s / 3600
-    return -value if (ref or "").strip() in ("S", "W") else value
+    value = abs(d) + m / 60 + s / 3600
+    return -value if d < 0 or (ref or "").strip() in ("S", "W") else value

@@ -34,8 +34,9 @@ class Live:
         path.mkdir()
         return path
 
-    def search_paths(self, query: str) -> set[str]:
-        found = self.daemon.client.get("/v1/search", q=query, limit=1000)
+    def in_view(self, folder: Path) -> set[str]:
+        """The paths the daemon's library view serves below ``folder`` (a ``folder:`` query)."""
+        found = self.daemon.client.get("/v1/search", q=f'folder:"{folder}"', limit=1000)
         return {r["path"] for r in found["results"]}
 
     def api_has(self, path: Path) -> bool:
@@ -76,7 +77,7 @@ def test_new_photo_is_indexed_once_and_served(live: Live) -> None:
     assert record["thumbs"], "the cheap tier makes thumbnails"
     item = live.daemon.client.get("/v1/item", path=str(path))
     assert item["hash"] == record["hash"] and item["media"]["width"] == 320
-    wait_for(lambda: str(path) in live.search_paths(f"folder:{path.parent}"), 5, what="search hit")
+    wait_for(lambda: str(path) in live.in_view(path.parent), 5, what="search hit")
     assert live.daemon.indexed_counts()[str(path)] == 1
 
 
@@ -101,7 +102,7 @@ def test_move_in_and_out_of_the_library(live: Live) -> None:
     os.rename(inside, live.outside / "taken-away.jpg")
     live.daemon.wait_no_record(inside)
     assert not live.api_has(inside)
-    wait_for(lambda: not live.search_paths(f"folder:{folder}"), 5, what="the library view to drop it")
+    wait_for(lambda: not live.in_view(folder), 5, what="the library view to drop it")
     assert not list((folder / ".scanpix" / "thumbs").iterdir()), "its thumbnails went with it"
     assert live.daemon.indexed_counts()[str(inside)] == 1
 
@@ -117,7 +118,7 @@ def test_rename_keeps_results_without_reindexing(live: Live) -> None:
     assert moved["hash"] == record["hash"] and moved["thumbs"] == record["thumbs"]
     counts = live.daemon.indexed_counts()
     assert counts[str(old)] == 1 and counts[str(new)] == 0
-    wait_for(lambda: live.search_paths(f"folder:{folder}") == {str(new)}, 5, what="the view to follow")
+    wait_for(lambda: live.in_view(folder) == {str(new)}, 5, what="the view to follow")
 
 
 def test_folder_rename_keeps_results(live: Live) -> None:
@@ -125,13 +126,13 @@ def test_folder_rename_keeps_results(live: Live) -> None:
     photos = [make_photo(old / f"p{i}.jpg", seed=10 + i, size=(160, 120)) for i in range(3)]
     for photo in photos:
         live.daemon.wait_record(photo)
-    wait_for(lambda: len(live.search_paths(f"folder:{old}")) == 3, 5, what="three hits")
+    wait_for(lambda: len(live.in_view(old)) == 3, 5, what="three hits")
     new = live.library / "Trip to Rome"
     os.rename(old, new)
     renamed = {str(new / p.name) for p in photos}
-    wait_for(lambda: live.search_paths(f"folder:{new}") == renamed, 10, what="the renamed folder",
+    wait_for(lambda: live.in_view(new) == renamed, 10, what="the renamed folder",
              log=live.daemon.log)
-    wait_for(lambda: not live.search_paths(f"folder:{old}"), 5, what="the old folder to go")
+    wait_for(lambda: not live.in_view(old), 5, what="the old folder to go")
     assert all(live.api_has(Path(p)) for p in renamed)
     counts = live.daemon.indexed_counts()
     assert all(counts[p] == 0 for p in renamed), "a renamed folder is not indexed again"
@@ -144,10 +145,10 @@ def test_deleted_folder_leaves_the_library(live: Live) -> None:
               for i in range(4)]
     for photo in photos:
         live.daemon.wait_record(photo)
-    wait_for(lambda: len(live.search_paths(f"folder:{doomed}")) == 4, 5, what="four hits")
+    wait_for(lambda: len(live.in_view(doomed)) == 4, 5, what="four hits")
     before = live.daemon.status()["items"]
     shutil.rmtree(doomed)
-    wait_for(lambda: not live.search_paths(f"folder:{doomed}"), 10, what="the view to drop them",
+    wait_for(lambda: not live.in_view(doomed), 10, what="the view to drop them",
              log=live.daemon.log)
     assert not any(live.api_has(p) for p in photos)
     wait_for(lambda: live.daemon.status()["items"] <= before - 4, 5, what="the item count to drop")

@@ -223,3 +223,23 @@ def test_groups_by_kind(library: list[DuplicateItem]) -> None:
     assert groups_as_names(find_groups(items, _quiet_settings(), kinds={"burst"})) == [
         ("burst", {"iphone_hdr_NO.jpg", "iphone_hdr_YES.jpg"})]
     assert [g.kind for g in find_groups(items, _quiet_settings(), kinds={"near"})] == ["near"]
+
+
+def test_copies_turned_or_mirrored_without_exif_orientation_group(tmp_path: Path) -> None:
+    source = CORPORA / "exif-samples/jpg/gps/DSCN0025.jpg"
+    if not source.exists():
+        pytest.skip("the shared corpora are not beside the project")
+    with Image.open(source) as im:
+        picture = im.convert("RGB")
+    turns = {"sideways.jpg": Image.Transpose.ROTATE_90,
+             "mirrored.jpg": Image.Transpose.FLIP_LEFT_RIGHT,
+             "upside-down.jpg": Image.Transpose.ROTATE_180}
+    paths = [source] + [save_jpeg(picture.transpose(t), tmp_path / n) for n, t in turns.items()]
+    others = sorted((CORPORA / "exif-samples/jpg/gps").glob("*.jpg"))
+    maker = RecordMaker(_quiet_settings(), tmp_path)
+    items = maker.items(paths + [p for p in others if p != source])
+    (group,) = find_groups(items, _quiet_settings())
+    assert {Path(m.path).name for m in group.members} == {p.name for p in paths}
+    settings = _quiet_settings()
+    settings.duplicates.turned = False
+    assert find_groups(items, settings) == []

@@ -215,6 +215,7 @@ def test_not_media_and_empty_files_fail_with_reason(tmp_path: Path, services: Se
     for path in (text, empty):
         ok, job = run_media(path, services)
         assert not ok and "not a supported" in job.record["error"]
+        assert job.record["status"] == "skipped"  # not media: nothing to retry or report
 
 
 def test_garbage_after_a_valid_header_fails_with_reason(tmp_path: Path, services: Services) -> None:

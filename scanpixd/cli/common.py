@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,4 +52,7 @@ def setup_cli_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Libraries log decoder chatter at INFO/WARNING for hostile files; the record keeps the reason.
     for noisy in ("PIL", "exiftool", "libav"):
-        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+        logging.getLogger(noisy).setLevel(max(level, logging.CRITICAL))
+    if verbose == 0:  # hostile files make decoders warn; the record keeps the reason
+        warnings.filterwarnings("ignore", module=r"PIL\..*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pillow_heif.*")

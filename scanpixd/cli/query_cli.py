@@ -29,6 +29,43 @@ class _DefaultToSearch(click.Group):
         return super().parse_args(ctx, args)
 
 
+class _QueryCommand(click.Command):
+    """Every argument that is not one of this command's options is part of the query.
+
+    Click would read ``-snow`` as the flags ``-s -n`` and take ``ow`` for ``--limit``'s
+    value; a query term must never be mistaken for an option, wherever it stands.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value: set[str] = set()
+        flags: set[str] = set(ctx.help_option_names)
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option):
+                names = [*param.opts, *param.secondary_opts]
+                (flags if param.is_flag or param.count else takes_value).update(names)
+        options: list[str] = []
+        words: list[str] = []
+        rest = iter(args)
+        for arg in rest:
+            name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+            if arg == "--":
+                words.extend(rest)
+            elif arg in flags:
+                options.append(arg)
+            elif arg in takes_value:
+                value = next(rest, None)
+                if value is None:
+                    raise click.BadOptionUsage(arg, f"Option '{arg}' requires an argument.", ctx=ctx)
+                options.extend([arg, value])
+            elif arg.startswith("--") and name in takes_value:
+                options.append(arg)  # --limit=5
+            elif arg[:2] in takes_value and len(arg) > 2 and arg[2:].isdigit():
+                options.append(arg)  # -n5
+            else:
+                words.append(arg)
+        return super().parse_args(ctx, [*options, "--", *words])
+
+
 def _library_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """A file that is not indexed or not readable, in direct mode: a message, not a traceback.
 
@@ -94,7 +131,7 @@ def _show_results(data: dict[str, Any], as_json: bool, as_paths: bool, links_dir
         click.echo(f"{len(results)} results in {links_dir}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(cls=_QueryCommand)
 @click.argument("query", nargs=-1, required=True)
 @click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @_common

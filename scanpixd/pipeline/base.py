@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from scanpixd.errors import ModelUnavailable
+from scanpixd.errors import ModelUnavailable, NotMedia, ScanpixError
 from scanpixd.record import Record
 from scanpixd.store import FolderStore
 
@@ -104,7 +104,7 @@ class Stage(ABC):
 
 def pending(stages: Iterable[Stage], record: Record, tier: Tier | None = None) -> list[Stage]:
     """Stages that still have work on ``record`` (optionally only those of one tier)."""
-    if record.get("status") == "failed":
+    if record.get("status") in ("failed", "skipped"):
         return []
     return [
         s for s in stages
@@ -122,18 +122,19 @@ def run_stage(stage: Stage, job: Job) -> bool:
     except Exception as exc:  # a bad file must never stop the run
         reason = describe_error(exc)
         log.debug("%s: %s failed: %s", job.path, stage.name, reason, exc_info=True)
-        mark_failed(record, stage, reason)
+        mark_failed(record, stage, reason, skipped=isinstance(exc, NotMedia))
         return False
     record.setdefault("stages", {})[stage.name] = stage.version_key()
     record.setdefault("errors", {}).pop(stage.name, None)
     return True
 
 
-def mark_failed(record: Record, stage: Stage, reason: str) -> None:
+def mark_failed(record: Record, stage: Stage, reason: str, skipped: bool = False) -> None:
+    """Record why ``stage`` failed; a media failure fails (or, for non-media, skips) the file."""
     record.setdefault("stages", {})[stage.name] = stage.version_key()
     record.setdefault("errors", {})[stage.name] = reason
     if stage.name == "media":
-        record["status"] = "failed"
+        record["status"] = "skipped" if skipped else "failed"
         record["error"] = reason
 
 
@@ -141,20 +142,25 @@ def describe_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if len(text) > 300:
         text = text[:297] + "..."
-    if type(exc).__name__ not in text and not isinstance(exc, OSError | ValueError):
+    if type(exc).__name__ not in text and not isinstance(exc, OSError | ValueError | ScanpixError):
         text = f"{type(exc).__name__}: {text}"
     return text
 
 
 def run_stages(stages: Sequence[Stage], job: Job, tier: Tier | None = None) -> list[str]:
-    """Run every pending stage on ``job`` in order; returns the names of the stages run."""
+    """Run every pending stage on ``job`` in order; returns the names of the stages run.
+
+    Whether a stage applies is decided just before it runs, since it may depend on what
+    an earlier stage of the same run found (the media kind, a GPS position).
+    """
     done = []
-    for stage in pending(stages, job.record, tier):
-        if not stage.is_ready():
+    for stage in stages:
+        if job.record.get("status") != "ok":
+            break
+        if tier is not None and stage.tier != tier:
+            continue
+        if not pending([stage], job.record) or not stage.is_ready():
             continue
         run_stage(stage, job)
         done.append(stage.name)
-        if job.record.get("status") == "failed":
-            break
     return done
-

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from scanpixd.errors import DecodeError
+from scanpixd.errors import DecodeError, NotMedia
 from scanpixd.pipeline import video
 from scanpixd.pipeline.base import Job, Stage, Tier
 from scanpixd.pipeline.services import Services
@@ -97,7 +97,7 @@ def decode(path: Path, services: Services, max_side: int,
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}") from exc
     if found is None:
-        raise DecodeError("not a supported image or video (content not recognised)")
+        raise NotMedia("not a supported image or video (content not recognised)")
     if found.kind == "video":
         return _decode_video(path, found, max_side)
     if found.raw:

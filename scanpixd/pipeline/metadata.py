@@ -370,11 +370,13 @@ def _number(value: Any) -> float | None:
 
 
 def _text(value: Any) -> str | None:
-    """A camera or lens name: a string with letters in it (not a numeric code)."""
+    """A camera or lens name as written (exiftool's JSON turns "456" into a number)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     if not isinstance(value, str):
         return None
     text = " ".join(value.replace("\x00", " ").split())[:RAW_STRING_MAX]
-    if sum(ch.isalpha() for ch in text) < 1 or text.lower() in ("unknown", "none", "n/a"):
+    if not text or text.lower() in ("unknown", "none", "n/a", "-"):
         return None
     return text
 
