@@ -280,7 +280,7 @@ def bench_corpus() -> None:
           f" ms per photo")
     truth = _relevant(_pairs([[str(CORPORA / p) for p in g] for g in _KNOWN]))
     for preset in ("strict", "balanced", "loose"):
-        settings.duplicates.preset = preset  # type: ignore[assignment]
+        settings.duplicates.preset = preset
         found = _relevant(_pairs(_group_paths(find_groups(items, settings))))
         precision, recall = _score(found, truth)
         print(f"  {preset:8s}: precision {precision:.3f}, recall {recall:.3f} "

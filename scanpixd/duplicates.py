@@ -3,29 +3,34 @@
 Three kinds of group, each file in at most one:
 
 * ``exact``: the same bytes (the record's content hash).
-* ``near``: the same picture after resizing, recompression, HEIC↔JPEG, EXIF rotation,
-  tone or local edits, or a small crop.
-* ``burst``: different frames of one moment: alike, taken within
-  ``duplicates.burst_window`` seconds of each other (distinct capture times, one camera).
+* ``near``: the same picture after resizing, recompression, HEIC↔JPEG, tone or local
+  edits, a small crop, or turned/mirrored without its EXIF orientation.
+* ``burst``: different frames of one moment: alike, taken at distinct times within
+  ``duplicates.burst_window`` seconds of each other, by one camera.
 
 Why several hashes and rules rather than one distance: users of tools built on one
 64-bit hash, or on CLIP distance alone, report unrelated shots (dark frames, photos of
-one beach) grouped together.  Here a pair is *near* when
+one beach, two exposures of one scene) grouped together.  Here a pair is *near* when
 
-1. both 256-bit hashes agree (``fine``: resize, recompression, re-encoding, tone edits), or
-2. the 256-bit dHash agrees closely and the pHash moderately (``edit``: text, retouching), or
-3. both 64-bit hashes agree (``crop``) and the two were taken at the same moment;
+1. both 256-bit hashes agree (resize, recompression, re-encoding, tone edits), or
+2. the 256-bit dHash agrees closely and the pHash moderately (text, retouching), or
+3. the pHash of one, turned or mirrored, agrees with the other's (lost EXIF orientation), or
+4. both 64-bit hashes agree (a small crop) and the two share their capture moment.
 
-and where both records carry CLIP vectors of one model, CLIP must agree as well: it
-confirms, never finds on its own.  Pictures with almost no structure (``detail``) are
-never grouped by look.  Thresholds come from the preset (``strict``, ``balanced``,
-``loose``, see :data:`PRESETS`); members of one group may not drift further apart than
-``chain`` times the thresholds, so a slow pan does not chain into one long group.
+Rules 2 and 3 need capture times that do not differ (an edit keeps its original's), and
+two photos taken at different moments must meet rule 1 at ``distinct`` × its thresholds:
+otherwise they are burst frames, not copies.  Where both records carry CLIP vectors of
+one model, CLIP must agree too: it confirms, never finds on its own.  Pictures with
+almost no structure (``detail``) are never grouped by look, only as exact copies.
+Thresholds come from the preset (``strict``, ``balanced``, ``loose``: :data:`PRESETS`);
+members of a group may not drift further apart than ``chain`` times the thresholds, so
+a slow pan does not chain into one long group.
 
-No pair loop over the library: candidate pairs come from multi-index hashing (each
-256-bit hash, bits shuffled, cut into sixteen 16-bit chunks; two hashes within 15 bits
-share a chunk for certain, within 24 bits ~97 % of the time) and from a sweep over
-capture times (bursts and same-moment crops); only candidates are compared.
+No loop over all pairs: candidates come from multi-index hashing (each 256-bit hash,
+bytes shuffled, cut into sixteen 16-bit chunks; two hashes within 15 bits share a chunk
+for certain, within 24 bits ~97 % of the time; turned pHashes are looked up by 24-bit
+chunks) and from a sweep along capture times (bursts, same-moment crops).  Only
+candidates are compared, with vectorised popcounts.
 """
 
 from __future__ import annotations
@@ -175,7 +180,10 @@ def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
         raise ValueError(f"unknown duplicate kind {sorted(unknown)[0]!r}: "
                          f"choose from {', '.join(sorted(KINDS))}")
     section = settings.duplicates if isinstance(settings, Settings) else settings
-    pool = list(items)
+    unique: dict[str, Item] = {}
+    for item in items:
+        unique.setdefault(str(item.path), item)  # a path listed twice is one file
+    pool = list(unique.values())
     contents = _contents(pool)
     components: list[tuple[list[int], bool]] = []
     if wanted & {"near", "burst"} and len(contents) > 1:
@@ -522,8 +530,9 @@ class _Verdict:
     turned: np.ndarray  # matched as a turned or mirrored copy
 
 
-def judge(table: _Table, a: np.ndarray, b: np.ndarray) -> _Verdict:
-    """Closeness of each pair under the near and burst rules (pure hashes and times)."""
+def judge(table: _Table, a: np.ndarray, b: np.ndarray, turns: bool = False) -> _Verdict:
+    """Closeness of each pair under the near and burst rules (pure hashes and times);
+    ``turns``: also as turned or mirrored copies (seven more comparisons per pair)."""
     t = table.limits
     w = table.words
     dp, dd = _distance(w["p"], a, b), _distance(w["d"], a, b)
@@ -531,7 +540,7 @@ def judge(table: _Table, a: np.ndarray, b: np.ndarray) -> _Verdict:
     same, distinct, in_window = _moments(table, a, b)
     fine = np.maximum(dp / t.fine_phash, dd / t.fine_dhash)
     edit = np.minimum(fine, np.maximum(dd / t.edit_dhash, dp / t.edit_phash))
-    turned = _turned_closeness(table, a, b)
+    turned = _turned_closeness(table, a, b) if turns else np.full(a.size, np.inf)
     # Shots taken at different moments are near-duplicates only when all but identical;
     # an edit, a crop or a turned copy keeps the capture time of its original.
     near = np.where(distinct, np.minimum(fine, turned) / t.distinct, np.minimum(edit, turned))
@@ -611,11 +620,14 @@ class _Linker:
         if ids.size < 2:
             return
         keys = _wide_keys(t.fine_p[ids])
+        turned = [(_wide_keys(fine[ids]), words) for fine, words, _ in t.turned]
         for column in range(keys.shape[1]):
             order = np.argsort(keys[:, column], kind="stable")
             ordered = keys[order, column]
-            for fine, words, _ in t.turned:
-                a, b = cross_pairs(_wide_keys(fine[ids])[:, column], ids, ordered, ids[order])
+            for turned_keys, words in turned:
+                needles = np.argsort(turned_keys[:, column], kind="stable")
+                a, b = cross_pairs(turned_keys[needles, column], ids[needles], ordered,
+                                   ids[order])
                 close = (a != b) & (_cross_distance(words, t.words["p"], a, b)
                                     <= t.limits.fine_phash)
                 yield a[close], b[close]
@@ -634,15 +646,15 @@ class _Linker:
 
     def _edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         found: list[tuple[np.ndarray, ...]] = []
-        sources = [self._time_candidates()]
+        sources = [(self._time_candidates(), False)]
         if "near" in self.kinds:
-            sources.insert(0, self._index_candidates())
+            sources.insert(0, (self._index_candidates(), False))
             if self.table.turned:
-                sources.append(self._turned_candidates())
-        for source in sources:
+                sources.append((self._turned_candidates(), True))
+        for source, turns in sources:
             for a, b in _batched(source):
                 if a.size:
-                    found.append(self._judge_batch(a, b))
+                    found.append(self._judge_batch(a, b, turns))
         if not found:
             empty = np.zeros(0, np.int64)
             return empty, empty, np.zeros(0), np.zeros(0, bool)
@@ -652,8 +664,9 @@ class _Linker:
         _, first = np.unique(key, return_index=True)
         return lo[first], hi[first], close[first], burst[first]
 
-    def _judge_batch(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-        v = judge(self.table, a, b)
+    def _judge_batch(self, a: np.ndarray, b: np.ndarray,
+                     turns: bool = False) -> tuple[np.ndarray, ...]:
+        v = judge(self.table, a, b, turns)
         t = self.table.limits
         as_burst = ("burst" in self.kinds) & v.in_window & (np.minimum(v.near, v.burst) <= 1)
         as_near = ("near" in self.kinds) & ~as_burst & (v.near <= 1)
@@ -734,6 +747,9 @@ def _compatible(table: _Table, left: list[int], right: list[int], burst: bool) -
     b = np.tile(_spread(right), min(len(left), 256))
     v = judge(table, a, b)
     close = np.minimum(v.near, v.burst) if burst else v.near
+    far = close > table.limits.chain
+    if far.any() and table.turned:  # a turned member: compare those pairs turned too
+        close[far] = np.minimum(close[far], judge(table, a[far], b[far], turns=True).near)
     return bool((close <= table.limits.chain).all())
 
 

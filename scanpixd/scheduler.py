@@ -13,6 +13,11 @@ leave no trace in a reconcile's plan, so they are settled here: a folder renamed
 or deleted in place takes its ``.scanpix/`` along (its records are neither written nor
 removed, they simply are elsewhere now), and a file reported gone whose record the
 reconcile dropped as part of a move.
+
+Files nothing names any more (a changed photo's old thumbnails, the temporary file of a
+write that a crash cut short) are swept folder by folder when the cheap loop has nothing
+else to do and the slow loop is between batches, since a sweep running beside a writer
+could take an asset whose record is not written yet.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 Key = tuple[FolderStore, str]
 ViewFn = Callable[[Path], dict[Path, list[str]]]  # folder -> names the view holds, under a path
 LATER_BATCH = 16
+SWEEP_SLICE = 0.2  # seconds of sweeping between looks for new changes
 
 
 @dataclass
@@ -80,6 +86,8 @@ class Scheduler:
         self._gone: set[Path] = set()  # files reported removed or moved away
         self._later: deque[Key] = deque()
         self._later_set: set[tuple[Path, str]] = set()
+        self._sweep: dict[Path, FolderStore] = {}  # folders that may hold orphaned files
+        self._writing = threading.Lock()  # held by the slow loop while it writes
 
     # -- the change sink (called from the watcher's thread: only record and wake) -----------
     def file_ready(self, path: Path) -> None:
@@ -143,12 +151,12 @@ class Scheduler:
     # -- the work loop ----------------------------------------------------------------------
     def pending(self) -> dict[str, int]:
         with self._lock:
-            return {"scopes": len(self._scopes), "later": len(self._later)}
+            return {"scopes": len(self._scopes), "later": len(self._later), "sweep": len(self._sweep)}
 
     def idle(self) -> bool:
         """No work queued or running (tests and benchmarks wait for this)."""
         with self._lock:
-            return not self._scopes and not self._later and self._active == 0
+            return not self._scopes and not self._later and not self._sweep and self._active == 0
 
     def run(self, stop: threading.Event) -> None:
         """The cheap loop: reconcile what changed and run the cheap tier, at once."""
@@ -166,7 +174,8 @@ class Scheduler:
         due = self._upkeep_due
         if due is not None and time.monotonic() >= due:
             self._upkeep_due = None
-            self.upkeep()
+            with self._writing:
+                self.upkeep()
         return False  # the loop looks again within a second, so a due pass is not missed
 
     def _loop(self, stop: threading.Event, wake: threading.Event, step: Callable[[], bool]) -> None:
@@ -189,7 +198,7 @@ class Scheduler:
             scopes, self._scopes = self._scopes, {}
             gone, self._gone = self._gone, set()
             if not scopes:
-                return False
+                return self._sweep_some()
             self._active += 1
         try:
             self._reconcile(scopes, gone)
@@ -212,6 +221,7 @@ class Scheduler:
         self._follow_folders(held, plan)
         if plan.work or plan.written or plan.deleted:
             self._upkeep_due = time.monotonic() + self.upkeep_interval
+        self._note_sweep(built, plan)
         summary = Summary()
         self.indexer.run_cheap(plan.work, summary)
         keys = [(item.folder, item.name) for item in plan.work]
@@ -252,6 +262,43 @@ class Scheduler:
                     if arrived:
                         self.on_written(arrived)
 
+    def _note_sweep(self, scopes: list[Scope], plan: Plan) -> None:
+        """Folders to sweep: every folder of a whole-root scan (crash leftovers), and those
+        where a file's content changed (its old thumbnails are nobody's now)."""
+        if any(s.path == s.root for s in scopes):
+            folders = list(plan.folders)
+        else:
+            folders = [item.folder for item in plan.work if item.reason != "new"]
+        with self._lock:
+            for folder in folders:
+                self._sweep[folder.folder] = folder
+
+    def _sweep_some(self) -> bool:
+        """Sweep folders for a short slice, on the cheap thread while the slow loop waits."""
+        with self._lock:
+            if not self._sweep:
+                return False
+        if not self._writing.acquire(blocking=False):
+            return False  # the slow loop is writing; the loop looks again within a second
+        with self._lock:
+            self._active += 1
+        try:
+            deadline = time.monotonic() + SWEEP_SLICE
+            while time.monotonic() < deadline:
+                with self._lock:
+                    if not self._sweep or self._scopes:
+                        break
+                    _, folder = self._sweep.popitem()
+                if folder.exists():
+                    removed = folder.sweep(folder.records())
+                    if removed:
+                        log.debug("swept %d orphaned files in %s", removed, folder.folder)
+        finally:
+            self._writing.release()
+            with self._lock:
+                self._active -= 1
+        return True
+
     def _scope(self, path: Path, recursive: bool, ready: set[Path] | None) -> Scope | None:
         root = self._root_of(path)
         if root is None:
@@ -285,11 +332,12 @@ class Scheduler:
             self._active += 1
         try:
             summary = Summary()
-            for tier in (Tier.BACKGROUND, Tier.MODEL):
-                self.indexer.run_later(batch, tier, summary)
+            with self._writing:
+                for tier in (Tier.BACKGROUND, Tier.MODEL):
+                    self.indexer.run_later(batch, tier, summary)
+                self.on_written(batch)
             self.unavailable.update(summary.unavailable)
             self.counters.updated += len(batch)
-            self.on_written(batch)
         finally:
             with self._lock:
                 self._active -= 1

@@ -175,7 +175,7 @@ class DaemonProcess:
             found = self.status()
             work = (found or {}).get("work") or {}
             queue = work.get("queue") or {}
-            return bool(work) and not work.get("busy") and not queue.get("scopes") and not queue.get("later")
+            return bool(work) and not work.get("busy") and not any(queue.values())
         since: list[float] = []
 
         def steady() -> bool:

@@ -59,20 +59,25 @@ def malformed_files(corpora: Path) -> list[Path]:
     return files
 
 
-def stalling_exiftool(tmp_path: Path, marker: str = "STALLS-HERE") -> Path:
-    """An ``exiftool`` that stops answering when it is asked about a file named ``*marker*``.
+def stalling_exiftool(tmp_path: Path, marker: str = "STALLS-HERE",
+                      crash_marker: str = "CRASHES-HERE") -> Path:
+    """An ``exiftool`` that misbehaves on files named ``*marker*`` or ``*crash_marker*``.
 
     It passes every argument line on to the real exiftool until it meets one naming such a
-    file, then sleeps: exactly what the service sees when exiftool hangs on a hostile file.
+    file; then it stops answering (what the service sees when exiftool hangs on a hostile
+    file) or dies (as when exiftool crashes on one).
     """
     script = tmp_path / "stalling-exiftool"
     script.write_text(
         f"#!{sys.executable}\n"
-        "import subprocess, sys, time\n"
+        "import os, subprocess, sys, time\n"
         "real = subprocess.Popen(['exiftool', *sys.argv[1:]], stdin=subprocess.PIPE)\n"
         "for line in sys.stdin.buffer:\n"
         f"    if {marker.encode()!r} in line:\n"
         "        time.sleep(3600)\n"
+        f"    if {crash_marker.encode()!r} in line:\n"
+        "        real.kill()\n"
+        "        os._exit(70)\n"
         "    real.stdin.write(line)\n"
         "    real.stdin.flush()\n"
     )

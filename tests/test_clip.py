@@ -162,3 +162,19 @@ def test_a_checkpoint_of_another_architecture_is_reported(tiny_clip: TinyClip, t
 def test_an_unreachable_hub_is_reported_without_the_hub_client():
     with pytest.raises(ModelUnavailable, match="cannot be reached.*local checkpoint"):
         _reachable("http://127.0.0.1:9/", "CLIP weights for ViT-B-32/openai")
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (64, 64), (1000, 37), (33, 90)])
+def test_preprocessing_matches_open_clip_transform(tiny_clip: TinyClip, size: tuple[int, int]):
+    import open_clip
+
+    model = ClipModel(tiny_clip.settings())
+    loaded = model.load()
+    cfg = open_clip.transform.PreprocessCfg(
+        **open_clip.get_model_preprocess_cfg(loaded.model))
+    reference = open_clip.transform.image_transform_v2(cfg, is_train=False)
+    image = photos(1)[0].resize(size)
+    ours = loaded.preprocess(image)
+    theirs = reference(image).numpy()
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)

@@ -89,6 +89,9 @@ def test_modified_photo_is_reindexed(live: Live) -> None:
     assert_describes(second, path)
     assert second["media"]["width"] == 400
     assert live.daemon.indexed_counts()[str(path)] == 2
+    live.daemon.wait_idle()
+    thumbs = {p.name for p in (path.parent / ".scanpix" / "thumbs").iterdir()}
+    assert thumbs == set(second["thumbs"].values()), "the old version's thumbnails are swept"
 
 
 def test_move_in_and_out_of_the_library(live: Live) -> None:

@@ -103,6 +103,15 @@ def test_a_stalled_file_is_isolated_by_the_timeout(tmp_path: Path) -> None:
             service.preview(stalled)
 
 
+def test_a_file_that_kills_exiftool_is_isolated(tmp_path: Path) -> None:
+    good = [make_jpeg(tmp_path / f"good{i}.jpg", model=f"good{i}") for i in range(3)]
+    crash = make_jpeg(tmp_path / "CRASHES-HERE.jpg")
+    with running_service(timeout=10, path=str(stalling_exiftool(tmp_path))) as service:
+        dumps = service.metadata([good[0], crash, good[1], good[2]])
+    assert dumps[crash]["error"] == "exiftool exited while reading this file"
+    assert [dumps[p]["IFD0:Model"] for p in good] == ["good0", "good1", "good2"]
+
+
 def test_restarts_after_the_process_is_killed(tmp_path: Path) -> None:
     path = make_jpeg(tmp_path / "a.jpg")
     with running_service() as service:

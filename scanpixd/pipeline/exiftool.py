@@ -10,7 +10,8 @@ process is driven here directly:
   not valid UTF-8 (which exiftool's JSON mangles) still gets its own dump;
 * each file has ``timeout`` seconds from the moment the previous one was answered; when it
   runs out, the process group is killed, the file gets an error entry and the rest of the
-  batch goes on in a fresh process, so one hostile file costs one timeout and no more;
+  batch goes on in a fresh process, so one hostile file costs one timeout and no more; a
+  file that makes exiftool die is retried alone before it is blamed;
 * exiftool never exits on end of input (it polls its argfile), so the child is also told
   by the kernel to die with its parent (``PR_SET_PDEATHSIG``) and is stopped at interpreter
   exit; a dead process is restarted on the next call.
@@ -65,6 +66,7 @@ READ_ARGS: tuple[bytes, ...] = (
 PREVIEW_TAGS: tuple[str, ...] = ("PreviewImage", "JpgFromRaw", "OtherImage", "ThumbnailImage")
 _BINARY_RE = re.compile(r"^\(Binary data (\d+) bytes")
 _READ_SIZE = 1 << 20
+RETRY_UNAVAILABLE = 300.0  # seconds before trying again to start an exiftool that failed
 
 
 class ExifToolError(ScanpixError):
@@ -99,7 +101,8 @@ class ExifToolService:
         self.settings = settings
         self._lock = threading.Lock()
         self._process: _Process | None = None
-        self._unavailable: str | None = None
+        self._unavailable: str | None = None  # why exiftool cannot run, until _retry_at
+        self._retry_at = 0.0
         self._version: str | None = None
         self._links: tempfile.TemporaryDirectory[str] | None = None
         self._made_links: list[bytes] = []
@@ -178,7 +181,7 @@ class ExifToolService:
 
     # -- process management ----------------------------------------------------------------
     def _ensure(self) -> _Process:
-        if self._unavailable is not None:
+        if self._unavailable is not None and time.monotonic() < self._retry_at:
             raise ExifToolUnavailable(self._unavailable)
         if self._process is not None and self._process.alive():
             return self._process
@@ -193,23 +196,28 @@ class ExifToolService:
         try:
             process = _Process(path)
         except OSError as exc:
-            self._unavailable = f"exiftool cannot run ({path}): {exc.strerror or exc}"
-            raise ExifToolUnavailable(self._unavailable) from None
+            raise self._give_up(f"exiftool cannot run ({path}): {exc.strerror or exc}") from None
         try:
             (reply,) = process.exchange([[b"-ver"]], self.settings.timeout)
         except _Stalled as exc:
             process.stop()
-            self._unavailable = f"{path} did not answer as exiftool does ({exc})"
-            raise ExifToolUnavailable(self._unavailable) from None
+            raise self._give_up(f"{path} did not answer as exiftool does ({exc})") from None
+        self._unavailable = None
         self._version = reply.stdout.decode("ascii", "replace").strip()
         log.debug("started exiftool %s (pid %d)", self._version, process.pid)
         return process
 
-    def _restart(self) -> None:
+    def _give_up(self, reason: str) -> ExifToolUnavailable:
+        """Remember that exiftool cannot run, so files do not each pay for a failed start."""
+        self._unavailable = reason
+        self._retry_at = time.monotonic() + RETRY_UNAVAILABLE
+        return ExifToolUnavailable(reason)
+
+    def _discard(self) -> None:
+        """Kill a stalled or dead process at once; the next command starts a fresh one."""
         if self._process is not None:
             self._process.stop(graceful=False)
         self._process = None
-        self._ensure()
 
     def _run_one(self, command: list[bytes]) -> _Reply:
         (outcome,) = self._run_all([command])
@@ -218,23 +226,30 @@ class ExifToolService:
         return outcome
 
     def _run_all(self, commands: list[list[bytes]]) -> list[_Reply | ExifToolError]:
-        """Answers to every command; a command that stalls the process gets its error."""
+        """Answers to every command; a command that stalls or kills the process gets its error.
+
+        exiftool works through a batch in order, so on a timeout the first unanswered file
+        is the one it is stuck on.  When the process dies instead, that file is retried on
+        its own first: the death may have come from outside, or from a file still queued.
+        """
         outcomes: list[_Reply | ExifToolError] = []
-        retried_at = -1
+        alone_at = -1
         while len(outcomes) < len(commands):
+            at = len(outcomes)
+            batch = commands[at:at + 1] if alone_at == at else commands[at:]
             try:
-                outcomes += self._ensure().exchange(commands[len(outcomes):], self.settings.timeout)
+                outcomes += self._ensure().exchange(batch, self.settings.timeout)
             except _Stalled as stall:
                 outcomes += stall.replies
-                self._restart()
+                self._discard()
                 at = len(outcomes)
                 if stall.timed_out:
                     outcomes.append(ExifToolError(
                         f"exiftool timed out after {self.settings.timeout:g} s reading this file"))
-                elif retried_at == at:
+                elif alone_at == at:
                     outcomes.append(ExifToolError("exiftool exited while reading this file"))
                 else:
-                    retried_at = at  # perhaps killed from outside: give the file a second try
+                    alone_at = at
         return outcomes
 
     def _arg(self, path: Path) -> bytes:
@@ -405,7 +420,9 @@ def _parse_dump(outcome: _Reply | ExifToolError) -> dict[str, Any]:
             parsed = json.loads(text)
         except ValueError:
             return {"error": "exiftool gave unreadable output for this file"}
-        if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+        if not isinstance(parsed, list) or len(parsed) > 1:
+            return {"error": "not a single file"}  # a directory, say
+        if parsed and isinstance(parsed[0], dict):
             dump = parsed[0]
     dump.pop("SourceFile", None)
     error = dump.get("ExifTool:Error") or _stderr_error(outcome.stderr)

@@ -58,10 +58,11 @@ def grey_of(job: Job, image: Image.Image) -> Image.Image:
     """The working picture in grey, converted once per job for every stage that needs it."""
     held = job.scratch.get("grey")
     if held is not None and held[0] is image:
-        return held[1]  # type: ignore[no-any-return]
-    grey = _to_grey(image)
-    job.scratch["grey"] = (image, grey)
-    return grey
+        grey: Image.Image = held[1]
+        return grey
+    converted = _to_grey(image)
+    job.scratch["grey"] = (image, converted)
+    return converted
 
 
 def compute_hashes(image: Image.Image, grey: Image.Image | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 from scanpixd.pipeline.base import Job, Stage, Tier
 from scanpixd.pipeline.exiftool import ExifToolUnavailable
 from scanpixd.pipeline.services import Services
+from scanpixd.record import Record
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,15 @@ class MetadataStage(Stage):
         self.services = services
         self._warn_lock = threading.Lock()
         self._warned = False
+
+    def is_current(self, record: Record) -> bool:
+        """Also stale: a record read by the Pillow fallback, once exiftool runs here."""
+        if not super().is_current(record):
+            return False
+        meta = record.get(self.name)
+        if isinstance(meta, dict) and meta.get("source") == "pillow":
+            return not self.services.exiftool.available
+        return True
 
     def run(self, job: Job) -> None:
         dump, source = self._dump(job)
@@ -247,7 +257,10 @@ def _gps_time(tags: _Tags) -> datetime | None:
     return parsed[0] - (parsed[1] or timedelta(0)) if parsed else None
 
 
-def parse_datetime(value: Any, subsec: Any = None) -> tuple[datetime, timedelta | None, bool] | None:
+ParsedTime = tuple[datetime, timedelta | None, bool]
+
+
+def parse_datetime(value: Any, subsec: Any = None) -> ParsedTime | None:
     """``(naive time, offset or None, stated as UTC)`` from an EXIF/XMP/QuickTime date."""
     if not isinstance(value, str):
         return None
@@ -270,7 +283,9 @@ def parse_datetime(value: Any, subsec: Any = None) -> tuple[datetime, timedelta 
 
 
 def _digits(value: Any) -> str | None:
-    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
     return text if text.isdigit() else None
 
 
@@ -312,7 +327,8 @@ def _gps(tags: _Tags) -> dict[str, float | None] | None:
         return None
     if alt is not None and not -500 <= alt <= 50_000:
         alt = None
-    return {"lat": round(lat, 7), "lon": round(lon, 7), "alt": None if alt is None else round(alt, 2)}
+    return {"lat": round(lat, 7), "lon": round(lon, 7),
+            "alt": None if alt is None else round(alt, 2)}
 
 
 def _gps_signed(tags: _Tags) -> tuple[float | None, float | None, float | None]:
@@ -531,7 +547,8 @@ def pillow_dump(path: Path) -> dict[str, Any]:
 def _pillow_value(value: Any) -> Any:
     if isinstance(value, bytes):
         text = value.rstrip(b"\x00")
-        return text.decode("ascii") if len(text) < 64 and text.isascii() and text.isalnum() else None
+        readable = len(text) < 64 and text.isascii() and text.isalnum()
+        return text.decode("ascii") if readable else None
     if isinstance(value, tuple):
         return [_pillow_value(v) for v in value]
     if isinstance(value, str):

@@ -12,9 +12,10 @@ original, as it looks when both are shown at the same size::
                 "exposure": 0.97,                            # 0..1 from the four above
                 "width": 4000, "height": 3000}               # the original's, when known
 
-The best-shot rules (:func:`score_shots`, :func:`explain`) compare members of one group with each other:
-sharpness and resolution relative to the best member, exposure as is, and, where the
-faces stage has run, eyes open, smiles and face sharpness, each face weighted by size.
+The best-shot rules (:func:`score_shots`, :func:`explain`) compare the members of one
+group: sharpness and resolution relative to the best member, exposure as is, and, where
+the faces stage has run, eyes open, smiles and face sharpness, each face weighted by
+size (faces under a quarter of the largest one's size are passers-by and ignored).
 """
 
 from __future__ import annotations
