@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import queue
 import random
 import tempfile
 import time
@@ -137,7 +138,13 @@ def _timed(chunks: list[list[Path]], naive: bool = False) -> tuple[float, int]:
                for chunk in chunks]
     for worker in workers:
         worker.start()
-    done = [results.get() for _ in workers]
+    done: list[tuple[float, int]] = []
+    while len(done) < len(workers):
+        try:
+            done.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers):
+                raise RuntimeError("a benchmark worker died; see its traceback above") from None
     for worker in workers:
         worker.join()
     return max(t for t, _ in done), sum(f for _, f in done)

@@ -30,9 +30,8 @@ import argparse
 import hashlib
 import io
 import os
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -173,8 +172,7 @@ class Writer:
         self.thumb_sizes = sorted({int(s) for s in settings.thumbs.sizes}, reverse=True)
         self.people = _unit(np.random.default_rng(spec.seed + 1).standard_normal((PEOPLE, 128)))
         self.jpeg = _tiny_jpeg()
-        self._thumb_source: Path | None = None
-        self._lock = threading.Lock()
+        self.thumb = _tiny_webp()
 
     # -- records in memory ------------------------------------------------------------
     def records(self, event: Event, index: int) -> list[tuple[str, Record, bytes]]:
@@ -287,37 +285,40 @@ class Writer:
         folder = self.store.folder(path)
         written = 0
         by_name: dict[str, Record] = {}
+        shared: list[Path] = []
         for name, record, data in records:
             original = path / name
             original.write_bytes(data)
             os.utime(original, ns=(record["mtime_ns"], record["mtime_ns"]))
             record["metadata"]["raw"] = _raw_dump(record)
             folder.write(record)
-            self._link_thumbs(folder, record)
+            self._link_thumbs(folder, record, shared)
             by_name[name] = record
-            written += len(orjson.dumps(record))
+            written += folder.record_path(name).stat().st_size
         if self.model_id is not None:
             ann.load_or_rebuild(folder, by_name, self.model_id, self.dim)
         return written
 
-    def _link_thumbs(self, folder: FolderStore, record: Record) -> None:
-        source = self._shared_thumb(folder)
+    def _link_thumbs(self, folder: FolderStore, record: Record, shared: list[Path]) -> None:
+        """Each named thumbnail is a hard link to the folder's first one (links per inode are limited)."""
         for file_name in record["thumbs"].values():
             target = folder.asset_path(file_name)
-            if not target.exists():
-                os.link(source, target)
+            if target.exists():
+                continue
+            if not shared:
+                folder.write_asset(file_name, self.thumb)
+                shared.append(target)
+            else:
+                os.link(shared[0], target)
         preview = (record.get("preview") or {}).get("webm")
         if preview:
             folder.write_asset(preview, b"\x1a\x45\xdf\xa3 synthetic preview", "previews")
 
-    def _shared_thumb(self, folder: FolderStore) -> Path:
-        with self._lock:
-            if self._thumb_source is None:
-                buffer = io.BytesIO()
-                Image.new("RGB", _THUMB_SIZE, (90, 120, 160)).save(buffer, "WEBP", quality=50)
-                folder.write_asset("synthetic-shared.webp", buffer.getvalue())
-                self._thumb_source = folder.asset_path("synthetic-shared.webp")
-            return self._thumb_source
+
+def _tiny_webp() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", _THUMB_SIZE, (90, 120, 160)).save(buffer, "WEBP", quality=50)
+    return buffer.getvalue()
 
 
 def _tiny_jpeg() -> bytes:
@@ -444,7 +445,7 @@ def _raw_dump(record: Record) -> dict[str, Any]:
 
 # -- the whole library ---------------------------------------------------------------------
 def generate(root: Path, spec: Spec, settings: Settings, concepts: Concepts | None = None,
-             progress: Any = None) -> Summary:
+             progress: Callable[[str], None] | None = None) -> Summary:
     """Write a library of ``spec.count`` files under ``root``; see the module docstring."""
     started = time.monotonic()
     model_id, dim = _clip_identity(settings, concepts)
@@ -460,6 +461,8 @@ def generate(root: Path, spec: Spec, settings: Settings, concepts: Concepts | No
                for e, f in list(zip(events, folders, strict=True))[:: max(1, len(events) // 64)]
                if any(r["media"]["kind"] == "image" for _, r, _ in f)]
     _infer_taken(events, folders, settings)
+    if progress is not None:
+        progress(f"{len(events)} folders planned in {time.monotonic() - started:.1f} s")
     summary = Summary(count=sum(len(f) for f in folders), folders=len(events))
     root.mkdir(parents=True, exist_ok=True)
 
@@ -471,8 +474,8 @@ def generate(root: Path, spec: Spec, settings: Settings, concepts: Concepts | No
     with ThreadPoolExecutor(max_workers=max(1, spec.workers)) as pool:
         for done, size in enumerate(pool.map(one, range(len(events))), 1):
             summary.bytes_records += size
-            if progress is not None and done % 100 == 0:
-                progress(done, len(events))
+            if progress is not None and done % 200 == 0:
+                progress(f"{done}/{len(events)} folders written ({time.monotonic() - started:.0f} s)")
     summary.samples = samples
     summary.seconds = time.monotonic() - started
     _write_manifest(root, spec, summary, model_id, concepts)
@@ -611,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             concepts = embed_concepts(settings)
     spec = Spec(args.count, seed=args.seed, per_folder=args.per_folder, workers=args.workers)
     summary = generate(args.root, spec, settings, concepts,
-                       progress=lambda done, total: print(f"  {done}/{total} folders", flush=True))
+                       progress=lambda message: print(f"  {message}", flush=True))
     print(f"{summary.count} files in {summary.folders} folders under {args.root} in "
           f"{summary.seconds:.1f} s ({summary.count / max(summary.seconds, 1e-9):.0f} files/s; "
           f"records {summary.bytes_records / 1e6:.0f} MB)")

@@ -20,7 +20,7 @@ from types import FrameType
 from scanpixd.api.routes import Router
 from scanpixd.api.server import ApiServer
 from scanpixd.config import Settings, load_settings
-from scanpixd.errors import ConfigError, UsageError
+from scanpixd.errors import ConfigError, ScanpixError, UsageError
 from scanpixd.indexer import Indexer
 from scanpixd.instance import InstanceLock
 from scanpixd.notify import Notifier
@@ -76,8 +76,7 @@ class Daemon:
     def _start(self) -> None:
         started = time.monotonic()
         self.notifier.status("loading the library")
-        self.api = ApiServer(Router(self.service), self.settings.daemon.socket,
-                             self.settings.daemon.socket_group)
+        self.api = self._serve()
         self.api.start()  # answers status at once; queries wait for the library view below
         self.service.load(self.settings.roots)
         self.watcher.start()  # before the reconcile, so nothing changed during it is missed
@@ -91,6 +90,19 @@ class Daemon:
                  self.api.socket_path, time.monotonic() - started)
         self.notifier.ready(self._status_line())
         self.notifier.start_watchdog(healthy=self._healthy)
+
+    def _serve(self) -> ApiServer:
+        """The API server on the configured (or systemd's) socket; a clear error if it can't."""
+        path = self.settings.daemon.socket
+        try:
+            return ApiServer(Router(self.service), path, self.settings.daemon.socket_group)
+        except OSError as exc:
+            detail = f"{path}: {exc.strerror}" if exc.errno else str(exc)
+            raise ScanpixError(f"cannot serve the API: {detail} (set `socket` in the [daemon] "
+                               "table to another path)") from None
+        except KeyError:
+            raise ConfigError(f"daemon.socket_group: no group named "
+                              f"{self.settings.daemon.socket_group!r}") from None
 
     def _main_loop(self) -> None:
         while not self.stop.is_set():
@@ -121,13 +133,14 @@ class Daemon:
         refused = self.lock.update(settings.roots)
         for error in refused:
             log.error("%s", error)
-        roots = [r for r in settings.roots if r in self.lock.roots]
+        blocked = {getattr(error, "root", None) for error in refused}
+        roots = [r for r in settings.roots if _resolve(r) not in blocked]
         added = [r for r in roots if r not in self.settings.roots]
         settings.roots = roots
         self.settings = settings
         self.watcher.apply_settings(settings)
+        self.service.set_roots(roots)  # the view first: the rescans below report against it
         self.scheduler.set_roots(roots)
-        self.service.set_roots(roots)
         log.info("configuration reloaded: %d roots (%d new)", len(roots), len(added))
         self.notifier.ready(self._status_line())
 
@@ -162,6 +175,14 @@ class Daemon:
         self.indexer.close()
         self.lock.release()
         log.info("stopped")
+
+
+def _resolve(path: Path) -> Path:
+    """A root as the instance lock names it (symlinks resolved)."""
+    try:
+        return path.expanduser().resolve()
+    except OSError:
+        return path.expanduser().absolute()
 
 
 def run_daemon(config_path: Path | None, jobs: int | None) -> int:

@@ -14,12 +14,15 @@ Loading also keeps each folder's portable ``index/clip.hnsw`` current when
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ from scanpixd.excludes import Excluder
 from scanpixd.models.clip import ClipModel
 from scanpixd.record import Record
 from scanpixd.scan import root_is_online
-from scanpixd.store import FolderStore, Store, ann
+from scanpixd.store import FolderStore, Store, ann, atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class Item:
     record: Record  # without metadata.raw; see Library.full_record
     rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)  # rows in Library.vectors
 
-    @property
+    @cached_property
     def path(self) -> Path:
         return self.folder.folder / self.name
 
@@ -79,6 +82,8 @@ class Library:
         self._next_id = 0
         self.vectors: ann.VectorSet | None = None
         self._dirty: set[Path] = set()
+        self._loading = False
+        self._saved_changes = -1
 
     # -- the model ------------------------------------------------------------------
     @property
@@ -117,8 +122,16 @@ class Library:
             self._items.clear()
             self._by_path.clear()
             self.vectors = None
-            for (root, folder), (records, index) in zip(folders, loaded, strict=True):
-                self._add_folder(root, folder, records, index)
+            self._loading = True
+            try:
+                for (root, folder), (records, index) in zip(folders, loaded, strict=True):
+                    self._add_folder(root, folder, records, index)
+            finally:
+                self._loading = False
+            if self.vectors is not None and model_id is not None:
+                self.vectors.ann_min = self.settings.clip.ann_min
+                if not self._attach_saved_graph(model_id):
+                    self.vectors.ensure_graph()
         log.info("library loaded: %d items, %d vectors, %d folders", len(self._items),
                  len(self.vectors) if self.vectors is not None else 0, len(folders))
 
@@ -178,7 +191,9 @@ class Library:
                 for item in self._items.values():
                     item.rows = _NO_ROWS
             threads = self.settings.clip.threads or (os.cpu_count() or 1)
-            self.vectors = ann.VectorSet(dim, ann_min=self.settings.clip.ann_min, threads=threads)
+            ann_min = sys.maxsize if self._loading else self.settings.clip.ann_min
+            self.vectors = ann.VectorSet(dim, ann_min=ann_min, threads=threads,
+                                         on_graph=self.save_graph)
         return self.vectors
 
     # -- reading --------------------------------------------------------------------
@@ -265,6 +280,76 @@ class Library:
 
     def _folder(self, folder: FolderStore | Path) -> FolderStore:
         return folder if isinstance(folder, FolderStore) else self.store.folder(Path(folder))
+
+    # -- the saved graph ------------------------------------------------------------
+    def _graph_paths(self, model_id: str) -> tuple[Path, Path]:
+        """Where the library-wide graph is kept between runs (machine-specific: the cache)."""
+        digest = hashlib.blake2b(model_id.encode(), digest_size=8).hexdigest()
+        base = self.settings.cache_dir / "ann" / f"clip-{digest}"
+        return base.with_suffix(".hnsw"), base.with_suffix(".json")
+
+    def _row_keys(self) -> dict[int, str]:
+        """Row -> "folder/name, position in the item, content hash": what a label held."""
+        assert self.vectors is not None
+        digests = self.vectors.digests()
+        keys = {}
+        for item in self._items.values():
+            for position, row in enumerate(item.rows.tolist()):
+                if row in digests:
+                    keys[row] = f"{item.path}\x00{position}\x00{digests[row]}"
+        return keys
+
+    def save_graph(self) -> bool:
+        """Save the library-wide graph to the cache, so the next start need not rebuild it."""
+        model_id = self.model_id
+        with self.lock:
+            exported = self.vectors.export() if self.vectors is not None else None
+            if model_id is None or exported is None or self.vectors is None:
+                return False
+            if self._saved_changes == self.vectors.changes:
+                return True
+            graph, label_rows = exported
+            keys = self._row_keys()
+            labels = [keys.get(int(row)) if row >= 0 else None for row in label_rows]
+            graph_path, meta_path = self._graph_paths(model_id)
+            try:
+                graph_path.parent.mkdir(parents=True, exist_ok=True)
+                checksum = ann.save_graph_file(graph, graph_path)
+                atomic.write_json(meta_path, {"model": model_id, "dim": self.vectors.dim,
+                                              "checksum": checksum, "labels": labels})
+            except OSError as exc:
+                log.warning("cannot save the vector graph in %s: %s", graph_path.parent, exc)
+                return False
+            self._saved_changes = self.vectors.changes
+        return True
+
+    def _attach_saved_graph(self, model_id: str) -> bool:
+        vectors = self.vectors
+        assert vectors is not None
+        if len(vectors) < vectors.ann_min:
+            return False
+        graph_path, meta_path = self._graph_paths(model_id)
+        meta = atomic.read_json(meta_path)
+        if not isinstance(meta, dict) or meta.get("model") != model_id \
+                or meta.get("dim") != vectors.dim or not isinstance(meta.get("labels"), list):
+            return False
+        graph = ann.read_graph_file(graph_path, vectors.dim, str(meta.get("checksum")))
+        if graph is None:
+            return False
+        by_key = {key: row for row, key in self._row_keys().items()}
+        label_rows = np.array([by_key.get(k, -1) if isinstance(k, str) else -1
+                               for k in meta["labels"]], dtype=np.int64)
+        if graph.get_current_count() != label_rows.size:
+            return False
+        vectors.attach(graph, label_rows)
+        log.info("vector graph reused from %s (%d of %d labels current)", graph_path,
+                 int((label_rows >= 0).sum()), label_rows.size)
+        return True
+
+    def close(self) -> None:
+        """Save what is worth keeping (the library-wide graph) before the process ends."""
+        self.flush()
+        self.save_graph()
 
     def flush(self) -> int:
         """Rewrite the portable index of every folder changed since the last flush."""

@@ -15,7 +15,8 @@ read a sidecar without scanpixd installed.  Its shape, documented in the README 
       "errors": {"preview": "why that stage failed"},            # per-stage failures
       "media":    {"kind": "image"|"video", "format": "JPEG", "mime": "image/jpeg",
                    "width": 4000, "height": 3000, "frames": 1, "duration": null},
-      "metadata": {"taken_local": "2008-10-22T16:28:39", "offset": "+02:00" | null,
+      "metadata": {"taken_local": "2008-10-22T16:28:39", "taken_tag": "EXIF:DateTimeOriginal",
+                   "offset": "+02:00" | null, "gps_utc": GPS receiver time | null,
                    "taken_utc": null | "2019-07-01T10:00:00Z" (QuickTime, stored in UTC),
                    "gps": {"lat": 43.46, "lon": 11.88, "alt": 243.0} | null,
                    "make", "model", "lens", "width", "height", "orientation", "duration",

@@ -197,9 +197,10 @@ class Scheduler:
         with self._lock:
             scopes, self._scopes = self._scopes, {}
             gone, self._gone = self._gone, set()
-            if not scopes:
-                return self._sweep_some()
-            self._active += 1
+            if scopes:
+                self._active += 1
+        if not scopes:
+            return self._sweep_some()
         try:
             self._reconcile(scopes, gone)
         finally:

@@ -78,15 +78,20 @@ class DaemonProcess:
         self.log_path = base / "daemon.log"
         self.debounce, self.jobs = debounce, jobs
         self.proc: subprocess.Popen[bytes] | None = None
+        self._loaded: Settings | None = None
         self.write_config(roots, extra)
 
     # -- configuration -------------------------------------------------------------------
     def write_config(self, roots: Iterable[Path], extra: str = "") -> None:
         self.config.write_text(config_text(roots, self.socket, self.cache, debounce=self.debounce,
                                            extra=extra, jobs=self.jobs))
+        self._loaded = None
 
     def settings(self) -> Settings:
-        return load_settings(self.config, environ={})
+        """The settings of the configuration last written (a test may break the file later)."""
+        if self._loaded is None:
+            self._loaded = load_settings(self.config, environ={})
+        return self._loaded
 
     def env(self, **extra: str) -> dict[str, str]:
         """The child's environment: private XDG folders, nothing from systemd unless asked."""

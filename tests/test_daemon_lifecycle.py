@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from scanpixd.store import Store
-from scanpixd.store.atomic import is_temp_name, read_json
+from scanpixd.store.atomic import is_temp_name, read_json, temp_name
 from tests.conftest import run_cli
-from tests.helpers_daemon import DaemonProcess, photo_bytes, wait_for
+from tests.helpers_daemon import DaemonProcess, config_text, photo_bytes, wait_for
 from tests.helpers_index import make_photo
 
 
@@ -39,7 +39,7 @@ def daemon(tmp_path: Path, library: Path) -> Iterator[DaemonProcess]:
         proc.close()
 
 
-def stage_import(base: Path, count: int, size: tuple[int, int] = (320, 240)) -> Path:
+def stage_import(base: Path, count: int, size: tuple[int, int] = (160, 120)) -> Path:
     """A folder of distinct photos outside the library, to be moved in at once (a card import)."""
     folder = base / "card"
     folder.mkdir()
@@ -78,6 +78,10 @@ def test_sigkill_mid_import_then_restart_loses_nothing(tmp_path: Path, library: 
     daemon.kill()
     done_before = assert_records_sound(target)
     assert 20 <= done_before < 300, "the kill should land in the middle of the import"
+    # What a kill between a record's temporary file and its rename leaves (as likely as not
+    # already there): a torn temporary file, which must never be read and must be swept.
+    planted = temp_name(target / ".scanpix" / "records" / "IMG_0299.jpg.json")
+    planted.write_bytes(b'{"format": 1, "name": "IMG_02')
 
     daemon.start()  # the lock died with the process; the stale socket is replaced
     store = Store(daemon.settings()).folder(target)
@@ -96,7 +100,7 @@ def test_sigkill_mid_import_then_restart_loses_nothing(tmp_path: Path, library: 
 
 def test_sigterm_stops_quickly_and_cleanly(tmp_path: Path, library: Path,
                                            daemon: DaemonProcess) -> None:
-    card = stage_import(tmp_path, 200)
+    card = stage_import(tmp_path, 120)
     daemon.start()
     target = library / "import"
     os.rename(card, target)
@@ -108,18 +112,21 @@ def test_sigterm_stops_quickly_and_cleanly(tmp_path: Path, library: Path,
     assert not daemon.socket.exists(), "the socket is removed"
     assert "stopped" in daemon.log().splitlines()[-1]
     done = assert_records_sound(target)
-    assert done < 200, "stopping abandons the rest of the import"
+    assert done < 120, "stopping abandons the rest of the import"
     assert not any(is_temp_name(p.name) for p in record_files(target)), "no half-written file"
 
     daemon.start()  # the next start resumes
-    wait_for(lambda: assert_records_sound(target) == 200, 120, 0.5, "the rest after a restart",
+    wait_for(lambda: assert_records_sound(target) == 120, 120, 0.5, "the rest after a restart",
              daemon.log)
 
 
 def test_sighup_reload_adds_and_removes_roots(tmp_path: Path, library: Path,
                                               daemon: DaemonProcess) -> None:
+    real = tmp_path / "disk" / "other"
+    make_photo(real / "waiting.jpg", seed=1, size=(160, 120))  # there before the reload
     other = tmp_path / "other"
-    waiting = make_photo(other / "waiting.jpg", seed=1, size=(160, 120))  # there before the reload
+    other.symlink_to(real)  # configured through a link, as ~/Pictures often is
+    waiting = other / "waiting.jpg"
     daemon.start()
     before = make_photo(library / "a" / "before.jpg", seed=2, size=(160, 120))
     daemon.wait_record(before)
@@ -143,9 +150,17 @@ def test_sighup_reload_adds_and_removes_roots(tmp_path: Path, library: Path,
     env = daemon.env()
     freed = run_cli("scanpixd", "index", str(library), "--config", str(daemon.config), env=env)
     assert freed.returncode == 0, freed.stderr
-    refused = run_cli("scanpixd", "index", str(other), "--config", str(daemon.config), env=env)
+    refused = run_cli("scanpixd", "index", str(real), "--config", str(daemon.config), env=env)
     assert refused.returncode == 75, refused.stderr
     assert daemon.record(ignored) is not None
+
+    # A broken configuration is refused and the running one kept.
+    daemon.config.write_text("roots = [\n")
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in daemon.log(), 20, what="the refusal", log=daemon.log)
+    late = make_photo(other / "late.jpg", seed=5, size=(160, 120))
+    daemon.wait_record(late)
+    assert daemon.stop() == 0
 
 
 def test_second_instance_and_index_are_refused(tmp_path: Path, library: Path,
@@ -163,6 +178,16 @@ def test_second_instance_and_index_are_refused(tmp_path: Path, library: Path,
         index = run_cli("scanpixd", "index", str(path), "--config", str(daemon.config), env=env)
         assert index.returncode == 75, index.stderr
         assert f"pid {daemon.pid}" in index.stderr, index.stderr
+
+    # Other roots but the same socket: refused with a message, not a traceback.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(config_text([elsewhere], daemon.socket, tmp_path / "cache2"))
+    clash = run_cli("scanpixd", "run", "--config", str(config), env=env, timeout=60)
+    assert clash.returncode == 1, clash.stderr
+    assert "error: cannot serve the API" in clash.stderr and "Traceback" not in clash.stderr
+    assert "already served by another process" in clash.stderr
 
     assert daemon.status() is not None, "the first daemon still serves"
     assert daemon.alive()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -203,15 +204,32 @@ def same_place(path: Path, limit: int, radius: float, config_path: Path | None, 
 @click.option("--exact", "kinds", flag_value="exact", multiple=True, help="Exact copies only.")
 @click.option("--near", "kinds", flag_value="near", multiple=True, help="Near-duplicates only.")
 @click.option("--bursts", "kinds", flag_value="burst", multiple=True, help="Bursts only.")
+@click.option("--xmp", is_flag=True, help="Plan XMP sidecars: best 5 stars Green, the rest 1 star Red.")
+@click.option("--move-to", type=click.Path(file_okay=False, path_type=Path),
+              help="Plan moving every non-best member into this folder.")
+@click.option("--apply", "apply_plan", is_flag=True,
+              help="Carry out the --xmp/--move-to plan (else a dry run).")
+@click.option("--undo", "undo_journal", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Undo an applied plan from its journal file.")
 @_common
 @reports_errors
-@_library_errors
-def duplicates(path: Path | None, kinds: tuple[str, ...], config_path: Path | None, as_json: bool,
+def duplicates(path: Path | None, kinds: tuple[str, ...], xmp: bool, move_to: Path | None,
+               apply_plan: bool, undo_journal: Path | None, config_path: Path | None, as_json: bool,
                as_paths: bool, links_dir: Path | None, open_links: bool, direct: bool) -> None:
-    """Groups of exact copies, near-duplicates and bursts (in PATH), with the best pick."""
+    """Groups of exact copies, near-duplicates and bursts (in PATH), with the best pick.
+
+    Nothing is changed unless asked: --xmp or --move-to print a plan, --apply carries it out
+    (writing an undo journal first), --undo JOURNAL reverses it.
+    """
+    if undo_journal is not None:
+        _undo(undo_journal, as_json)
+        return
     path = path.absolute() if path else None
     data = _backend(config_path, direct, path).duplicates(path, set(kinds) or {"exact", "near", "burst"})
     groups = data.get("groups", [])
+    if xmp or move_to:
+        _act(groups, xmp, move_to, apply_plan, config_path, path, as_json)
+        return
     if open_links and links_dir is None:
         links_dir = output.default_links_dir()
     if links_dir is not None:
@@ -227,6 +245,60 @@ def duplicates(path: Path | None, kinds: tuple[str, ...], config_path: Path | No
         output.print_groups_table(groups)
     else:
         click.echo(f"{len(groups)} groups in {links_dir}")
+
+
+def _act(groups: list[dict[str, Any]], xmp: bool, move_to: Path | None, apply_plan: bool,
+         config_path: Path | None, path: Path | None, as_json: bool) -> None:
+    from scanpixd import duplicate_actions as actions
+    from scanpixd.store import Store
+    from scanpixd.upkeep import root_of
+
+    if xmp and move_to:
+        raise UsageError("choose --xmp or --move-to, not both")
+    settings = settings_from(config_path)
+    views = [_GroupView(g) for g in groups]
+    roots = settings.roots or ([path] if path else [])
+    if xmp:
+        first = Path(groups[0]["best"]) if groups else path or Path.cwd()
+        root = root_of(first.parent, roots) or first.parent
+        plan = actions.plan_xmp(views, Store(settings).library_dir(root), exiftool=settings.exiftool.path)
+    else:
+        assert move_to is not None
+        plan = actions.plan_move(views, move_to.expanduser().absolute(), roots=roots)
+    journal = actions.apply(plan, dry_run=not apply_plan)
+    if as_json:
+        journal_text = str(journal) if journal else None
+        output.print_json({**plan.to_dict(), "applied": apply_plan, "journal": journal_text})
+        return
+    for line in plan.describe():
+        click.echo(line)
+    if apply_plan:
+        click.echo(f"done; undo with: scanpix-query duplicates --undo '{journal}'")
+    else:
+        click.echo(f"dry run: {len(plan.steps)} changes planned; add --apply to carry them out")
+
+
+def _undo(journal: Path, as_json: bool) -> None:
+    from scanpixd import duplicate_actions as actions
+
+    report = actions.undo(journal)
+    if as_json:
+        output.print_json({"restored": [str(p) for p in report.restored],
+                           "skipped": [{"path": str(p), "why": why} for p, why in report.skipped]})
+        return
+    click.echo(f"restored {len(report.restored)} files from {journal}")
+    for skipped, why in report.skipped:
+        click.echo(f"left alone: {skipped} ({why})")
+
+
+class _GroupView:
+    """A group as the API returns it, with the attributes the actions read."""
+
+    def __init__(self, group: dict[str, Any]):
+        self.kind = group["kind"]
+        self.best = SimpleNamespace(path=Path(group["best"]))
+        self.members = [SimpleNamespace(path=m["path"], score=m.get("score"), reasons=m.get("reasons"))
+                        for m in group["members"]]
 
 
 @main.command()

@@ -70,6 +70,7 @@ class ClipModel(LazyModel):
         self._id: str | None = None
         self._id_error: str | None = None
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_model(cls, model: Any, model_id: str, settings: ClipSettings | None = None
@@ -125,18 +126,22 @@ class ClipModel(LazyModel):
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """One normalised row per text; recent texts are answered from a small cache."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            vectors = self._encode_text(missing)
-            for text, vector in zip(missing, vectors, strict=True):
-                self._text_cache[text] = vector
-        rows = []
-        for text in texts:
-            self._text_cache.move_to_end(text)
-            rows.append(self._text_cache[text])
-        while len(self._text_cache) > _TEXT_CACHE_SIZE:
-            self._text_cache.popitem(last=False)
-        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._cache_lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        computed = dict(zip(missing, self._encode_text(missing), strict=True)) if missing else {}
+        with self._cache_lock:
+            self._text_cache.update(computed)
+            rows = []
+            for text in texts:
+                vector = self._text_cache.get(text)
+                rows.append(computed[text] if vector is None else vector)
+                if vector is not None:
+                    self._text_cache.move_to_end(text)
+            while len(self._text_cache) > _TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+        return np.stack(rows)
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -185,7 +190,8 @@ class ClipModel(LazyModel):
         return _Loaded(model, preprocess, tokenizer, dim)
 
     def _release(self, model: Any) -> None:
-        self._text_cache.clear()
+        with self._cache_lock:
+            self._text_cache.clear()
 
 
 class Preprocess:

@@ -109,6 +109,8 @@ class MetadataStage(Stage):
         """Also stale: a record read by the Pillow fallback, once exiftool runs here."""
         if not super().is_current(record):
             return False
+        if self.name in (record.get("errors") or {}):
+            return True  # failed at this version: not retried until the file changes
         meta = record.get(self.name)
         if isinstance(meta, dict) and meta.get("source") == "pillow":
             return not self.services.exiftool.available

@@ -38,6 +38,7 @@ from scanpixd.errors import ModelUnavailable, QueryError
 from scanpixd.library import Item, Library
 from scanpixd.query.tree import BasicContext, MatchContext, Query, SemanticTerm, SimilarTerm
 from scanpixd.record import Record
+from scanpixd.store.ann import matvec
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class _Term:
     typical: float = 0.0
 
     def similarity(self, matrix: np.ndarray) -> np.ndarray:
-        return np.max(matrix @ self.vectors.T, axis=1)
+        return np.max(matvec(matrix, self.vectors.reshape(-1, matrix.shape[1])), axis=1)
 
 
 def search(library: Library, query: Query, ctx: MatchContext | None = None, limit: int = 50,
@@ -135,11 +136,11 @@ def _embed_file(library: Library, path: Path, typed: str) -> np.ndarray:
 
 def _read_images(path: Path, typed: str) -> list[Image.Image]:
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (SIMILAR_IMAGE_SIZE, SIMILAR_IMAGE_SIZE))
-            im = ImageOps.exif_transpose(im)
-            im.thumbnail((SIMILAR_IMAGE_SIZE, SIMILAR_IMAGE_SIZE))
-            return [im.convert("RGB")]
+        with Image.open(path) as opened:
+            opened.draft("RGB", (SIMILAR_IMAGE_SIZE, SIMILAR_IMAGE_SIZE))
+            upright = ImageOps.exif_transpose(opened)
+            upright.thumbnail((SIMILAR_IMAGE_SIZE, SIMILAR_IMAGE_SIZE))
+            return [upright.convert("RGB")]
     except (OSError, ValueError, Image.DecompressionBombError) as image_error:
         try:
             from scanpixd.pipeline.video import sample_frames
@@ -160,7 +161,7 @@ def _calibrate(library: Library, terms: list[_Term]) -> None:
         if sample is not None and sample.shape[1] != term.vectors.shape[1]:
             raise ModelUnavailable(f"the library's vectors have width {sample.shape[1]} but "
                                    f"the model gives {term.vectors.shape[1]}; reindex")
-        term.typical = float(np.median(term.similarity(sample))) if sample is not None else 0.0
+        term.typical = _median(term.similarity(sample)) if sample is not None else 0.0
         if term.label.startswith("similar:"):
             term.floor = term.typical + settings.similar_floor * (1.0 - term.typical)
         else:
@@ -221,8 +222,9 @@ def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
         return []
     positive = [t for t in terms if not t.negative]
     total = sum(t.weight for t in positive)
-    query = sum(t.weight * _mean_unit(t.vectors) for t in positive) / total
-    query = query / (np.linalg.norm(query) or 1.0)
+    floor = sum(t.weight * t.floor for t in positive) / total
+    combined = np.sum([t.weight * _mean_unit(t.vectors) for t in positive], axis=0)
+    query = combined / (np.linalg.norm(combined) or 1.0)
     subset = None
     if selected is not None:
         subset = np.concatenate([i.rows for i in selected]) if selected else np.zeros(0, np.int64)
@@ -230,9 +232,9 @@ def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
     k = min(available, 4 * limit + 64)
     while True:
         rows, _ = vectors.search(query, k, subset)
-        best = _score_rows(library, rows, terms, total)
-        if len(best) >= limit or k >= available:
-            break
+        best, lowest = _score_rows(library, rows, terms, total)
+        if len(best) >= limit or k >= available or lowest < floor:
+            break  # enough, or everything further away is under the floor already
         k = min(available, 4 * k)
     ordered = sorted(best.items(), key=lambda kv: -kv[1][0])[:limit]
     out = []
@@ -243,28 +245,36 @@ def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
     return out
 
 
+def _median(values: np.ndarray) -> float:
+    middle = values.size // 2
+    return float(np.partition(values, middle)[middle]) if values.size else 0.0
+
+
 def _mean_unit(vectors: np.ndarray) -> np.ndarray:
     mean = vectors.mean(axis=0)
     return mean / (np.linalg.norm(mean) or 1.0)
 
 
 def _score_rows(library: Library, rows: np.ndarray, terms: list[_Term], total: float
-                ) -> dict[int, tuple[float, float | None]]:
-    """Best (score, frame time) per item among ``rows``, floors and exclusions applied."""
+                ) -> tuple[dict[int, tuple[float, float | None]], float]:
+    """Best (score, frame time) per item among ``rows`` over the floor, and the lowest
+    positive score seen (when it is under the floor, rows further away need no look)."""
     vectors = library.vectors
     assert vectors is not None
     if not rows.size:
-        return {}
+        return {}, -np.inf
     matrix = vectors.vectors(rows)
-    score = np.zeros(rows.size, dtype=np.float64)
+    positive = np.zeros(rows.size, dtype=np.float64)
+    penalty = np.zeros(rows.size, dtype=np.float64)
     floor = 0.0
     for term in terms:
         similarity = term.similarity(matrix)
         if term.negative:
-            score -= term.weight * np.maximum(0.0, similarity - term.typical)
+            penalty += term.weight * np.maximum(0.0, similarity - term.typical)
         else:
-            score += term.weight * similarity / total
+            positive += term.weight * similarity / total
             floor += term.weight * term.floor / total
+    score = positive - penalty
     keep = score >= floor
     best: dict[int, tuple[float, float | None]] = {}
     owners = vectors.owner(rows)
@@ -272,7 +282,7 @@ def _score_rows(library: Library, rows: np.ndarray, terms: list[_Term], total: f
         owner = int(owners[i])
         if owner not in best or score[i] > best[owner][0]:
             best[owner] = (float(score[i]), vectors.time(int(rows[i])))
-    return best
+    return best, float(positive.min())
 
 
 __all__ = ["Result", "SemanticTerm", "SimilarTerm", "search"]

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ class FolderIndex:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         graph = self._load_graph() if len(self.labels) > EXACT_MAX else None
         if graph is None:
-            scores = self.vectors @ query
+            scores = matvec(self.vectors, query)
             top = _top(scores, k)
             return [(self.labels[i], float(scores[i])) for i in top]
         graph.set_ef(max(HNSW_EF_MIN, 2 * k))
@@ -245,17 +245,7 @@ def write_index(index: FolderIndex) -> None:
     directory = index.folder.index_dir()
     directory.mkdir(parents=True, exist_ok=True)
     graph = build_graph(index.vectors)
-    target = directory / GRAPH_NAME
-    tmp = atomic.temp_name(target)
-    try:
-        graph.save_index(str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        checksum = _checksum(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    checksum = save_graph_file(graph, directory / GRAPH_NAME)
     meta = {
         "format": INDEX_FORMAT, "model": index.model_id, "dim": index.dim,
         "count": len(index.labels), "fingerprint": index.fingerprint, "checksum": checksum,
@@ -288,6 +278,36 @@ def _read_graph(path: Path, index: FolderIndex) -> Any:
     return build_graph(index.vectors)
 
 
+def save_graph_file(graph: Any, target: Path) -> str:
+    """Write an hnswlib graph atomically; returns the file's checksum."""
+    tmp = atomic.temp_name(target)
+    try:
+        graph.save_index(str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        checksum = _checksum(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return checksum
+
+
+def read_graph_file(path: Path, dim: int, checksum: str) -> Any | None:
+    """The graph in ``path`` if its bytes match ``checksum``; None when missing or damaged."""
+    import hnswlib
+
+    try:
+        if _checksum(path) != checksum:
+            return None
+        graph = hnswlib.Index(space="ip", dim=dim)
+        graph.load_index(str(path), allow_replace_deleted=False)
+        return graph
+    except (OSError, RuntimeError) as exc:
+        log.warning("%s is unreadable (%s)", path, exc)
+        return None
+
+
 def _checksum(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as fh:
@@ -310,6 +330,18 @@ def build_graph(vectors: np.ndarray, labels: np.ndarray | None = None, capacity:
     return graph
 
 
+def matvec(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``matrix @ vectors.T``: one column per vector (a single vector gives a flat array).
+
+    Written as a product with a contiguous column block: OpenBLAS's threaded
+    matrix-vector kernel is several times slower than this on a busy two-core machine.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    columns = np.ascontiguousarray(vectors.reshape(-1, matrix.shape[1]).T)
+    out = matrix @ columns
+    return out[:, 0] if vectors.ndim == 1 else out
+
+
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
     if k >= scores.size:
         return np.argsort(-scores, kind="stable")
@@ -321,15 +353,18 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 class VectorSet:
     """Unit vectors addressed by row, each owned by an item id; exact or HNSW search.
 
-    Rows are never reused: a removed row is only marked dead (and in the graph marked
-    deleted), so a row number stays valid for a reader holding it.  ``compact`` is left to
-    a rebuild of the whole set.  Thread-safe.
+    Rows are never reused: a removed row is only marked dead (and deleted from the graph),
+    so a row number stays valid for a reader holding it.  The graph names vectors by its
+    own labels, mapped to rows, so a graph saved by an earlier run can be attached to rows
+    laid out anew (:meth:`attach`).  Thread-safe.
     """
 
-    def __init__(self, dim: int, ann_min: int = 20000, threads: int = 1):
+    def __init__(self, dim: int, ann_min: int = 20000, threads: int = 1,
+                 on_graph: Callable[[], object] | None = None):
         self.dim = dim
         self.ann_min = ann_min
         self.threads = threads
+        self.on_graph = on_graph  # called (in the building thread) when a graph is ready
         self._lock = threading.RLock()
         self._matrix = np.zeros((1024, dim), dtype=np.float32)
         self._owner = np.full(1024, -1, dtype=np.int64)
@@ -337,7 +372,11 @@ class VectorSet:
         self._alive = np.zeros(1024, dtype=bool)
         self._size = 0
         self._live = 0
+        self._changes = 0  # bumped by every add and remove
+        self._sample: tuple[tuple[int, int], np.ndarray] | None = None
         self._graph: Any = None
+        self._label_row = np.zeros(0, dtype=np.int64)  # graph label -> row (-1: deleted)
+        self._row_label = np.full(1024, -1, dtype=np.int64)  # row -> graph label (-1: none)
         self._building: threading.Thread | None = None
         self._added_while_building: list[int] = []
 
@@ -357,10 +396,11 @@ class VectorSet:
             self._alive[rows] = True
             self._size += count
             self._live += count
-            if self._graph is not None:
-                self._graph_add(rows)
-            elif self._building is not None:
+            self._changes += 1
+            if self._building is not None:
                 self._added_while_building.extend(rows.tolist())
+            elif self._graph is not None:
+                self._label_rows(self._graph, rows)
             else:
                 self._maybe_build()
             return rows
@@ -371,9 +411,13 @@ class VectorSet:
                 if row < self._size and self._alive[row]:
                     self._alive[row] = False
                     self._live -= 1
-                    if self._graph is not None:
+                    self._changes += 1
+                    label = int(self._row_label[row])
+                    if label >= 0 and self._graph is not None:
+                        self._row_label[row] = -1
+                        self._label_row[label] = -1
                         with contextlib.suppress(RuntimeError):
-                            self._graph.mark_deleted(int(row))
+                            self._graph.mark_deleted(label)
 
     def owner(self, rows: np.ndarray) -> np.ndarray:
         return self._owner[rows]
@@ -389,12 +433,18 @@ class VectorSet:
         with self._lock:
             return np.flatnonzero(self._alive[: self._size])
 
-    def sample(self, count: int, seed: int = 0) -> np.ndarray:
-        """Up to ``count`` live vectors chosen at random (stable for a given content)."""
-        rows = self.live_rows()
-        if rows.size > count:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, count, replace=False))
-        return self._matrix[rows]
+    def sample(self, count: int) -> np.ndarray:
+        """Up to ``count`` live vectors chosen at random; the same until the set changes."""
+        with self._lock:
+            cached = self._sample
+            if cached is not None and cached[0] == (self._changes, count):
+                return cached[1]
+            rows = self.live_rows()
+            if rows.size > count:
+                rows = np.sort(np.random.default_rng(0).choice(rows, count, replace=False))
+            sample = self._matrix[rows]
+            self._sample = ((self._changes, count), sample)
+            return sample
 
     # -- search ---------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, rows: np.ndarray | None = None
@@ -406,25 +456,26 @@ class VectorSet:
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         with self._lock:
-            graph = self._graph
-            if rows is None and graph is not None and k < self._live:
+            if rows is None and self._graph is not None and k < self._live:
                 try:
-                    return self._graph_search(graph, query, k)
+                    return self._graph_search(query, k)
                 except RuntimeError:  # too few live neighbours reachable: answer exactly
                     pass
             candidates = self.live_rows() if rows is None else rows[self._alive[rows]]
-            scores = self._matrix[candidates] @ query
+            scores = matvec(self._matrix[candidates], query)
         top = _top(scores, min(k, scores.size))
         return candidates[top], scores[top]
 
     def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return self._matrix[rows] @ np.asarray(query, dtype=np.float32).reshape(-1)
+        return matvec(self._matrix[rows], query)
 
-    def _graph_search(self, graph: Any, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        graph.set_ef(max(HNSW_EF_MIN, 2 * k))
-        ids, dist = graph.knn_query(query, k=k)
-        rows = ids[0].astype(np.int64)
-        return rows, (1.0 - dist[0]).astype(np.float32)
+    def _graph_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self._graph.set_ef(max(HNSW_EF_MIN, 2 * k))
+        labels, dist = self._graph.knn_query(query, k=k)
+        rows = self._label_row[labels[0].astype(np.int64)]
+        scores = (1.0 - dist[0]).astype(np.float32)
+        found = rows >= 0
+        return rows[found], scores[found]
 
     # -- the graph ------------------------------------------------------------------
     @property
@@ -436,43 +487,106 @@ class VectorSet:
         if thread is not None:
             thread.join(timeout)
 
-    def _maybe_build(self) -> None:
-        if self._live >= self.ann_min and self._graph is None and self._building is None:
-            self._building = threading.Thread(target=self._build, name="ann-build", daemon=True)
-            self._building.start()
+    def attach(self, graph: Any, label_rows: np.ndarray) -> None:
+        """Use a graph built earlier: ``label_rows[label]`` is the row now holding that
+        vector, or -1 when it is gone.  Rows the graph lacks are added in the background."""
+        with self._lock:
+            if self._graph is not None or self._building is not None:
+                return
+            label_rows = np.asarray(label_rows, dtype=np.int64).copy()
+            valid = label_rows >= 0
+            valid[valid] = self._alive[label_rows[valid]]
+            for label in np.flatnonzero(~valid):
+                with contextlib.suppress(RuntimeError):  # already deleted in the file
+                    graph.mark_deleted(int(label))
+            label_rows[~valid] = -1
+            covered = np.zeros(self._size, dtype=bool)
+            covered[label_rows[valid]] = True
+            missing = np.flatnonzero(self._alive[: self._size] & ~covered)
+            self._start_build(graph, label_rows, missing)
 
-    def _build(self) -> None:
+    def ensure_graph(self) -> None:
+        """Start building the graph now if the set is large enough and has none."""
+        with self._lock:
+            self._maybe_build()
+
+    @property
+    def changes(self) -> int:
+        return self._changes
+
+    def digests(self) -> dict[int, str]:
+        """Row -> short content hash of every live vector (to match a saved graph's rows)."""
         with self._lock:
             rows = self.live_rows()
-            vectors = self._matrix[rows].copy()
-            capacity = max(2 * self._size, 1024)
+            return {int(r): hashlib.blake2b(self._matrix[r].tobytes(), digest_size=8).hexdigest()
+                    for r in rows}
+
+    def export(self) -> tuple[Any, np.ndarray] | None:
+        """The graph and its label -> row map, for saving (None while there is no graph)."""
+        with self._lock:
+            if self._graph is None or self._building is not None:
+                return None
+            return self._graph, self._label_row.copy()
+
+    def _maybe_build(self) -> None:
+        if self._live >= self.ann_min and self._graph is None and self._building is None:
+            self._start_build(None, np.zeros(0, dtype=np.int64), self.live_rows())
+
+    def _start_build(self, graph: Any, label_rows: np.ndarray, rows: np.ndarray) -> None:
+        self._building = threading.Thread(target=self._build, args=(graph, label_rows, rows),
+                                          name="ann-build", daemon=True)
+        self._building.start()
+
+    def _build(self, graph: Any, label_rows: np.ndarray, rows: np.ndarray) -> None:
+        """Build (or complete) a graph outside the lock, catch up, publish under the lock."""
         try:
-            graph = build_graph(vectors, rows, capacity=capacity, threads=self.threads)
+            with self._lock:
+                vectors = self._matrix[rows].copy()
+                capacity = max(2 * self._size, 1024)
+            if graph is None:
+                graph = build_graph(vectors, capacity=capacity, threads=self.threads)
+                label_rows = rows.astype(np.int64)
+            else:
+                label_rows = _extend(graph, label_rows, vectors, rows, self.threads)
+            while True:
+                with self._lock:
+                    pending = np.asarray(self._added_while_building, dtype=np.int64)
+                    self._added_while_building = []
+                    if pending.size < 256:
+                        self._publish(graph, label_rows, pending)
+                        break
+                    pending = pending[self._alive[pending]]
+                    vectors = self._matrix[pending].copy()
+                label_rows = _extend(graph, label_rows, vectors, pending, self.threads)
         except Exception:  # exact search keeps answering
             log.exception("building the vector graph failed")
             with self._lock:
                 self._building = None
             return
-        with self._lock:
-            self._graph = graph
-            pending, self._added_while_building = self._added_while_building, []
-            self._graph_add(np.asarray(pending, dtype=np.int64))
-            dead = np.flatnonzero(~self._alive[: self._size])
-            for row in np.intersect1d(dead, rows):
-                with contextlib.suppress(RuntimeError):
-                    graph.mark_deleted(int(row))
-            self._building = None
-        log.info("vector graph ready: %d vectors", len(rows))
+        log.info("vector graph ready: %d vectors", self._live)
+        if self.on_graph is not None:
+            self.on_graph()
 
-    def _graph_add(self, rows: np.ndarray) -> None:
+    def _publish(self, graph: Any, label_rows: np.ndarray, pending: np.ndarray) -> None:
+        self._graph = graph
+        self._label_row = label_rows
+        self._row_label[:] = -1
+        valid = np.flatnonzero(label_rows >= 0)
+        self._row_label[label_rows[valid]] = valid
+        for label in valid[~self._alive[label_rows[valid]]]:  # removed during the build
+            self._label_row[label] = -1
+            self._row_label[label_rows[label]] = -1
+            with contextlib.suppress(RuntimeError):
+                graph.mark_deleted(int(label))
+        self._label_rows(graph, pending)
+        self._building = None
+
+    def _label_rows(self, graph: Any, rows: np.ndarray) -> None:
         rows = rows[self._alive[rows]] if rows.size else rows
-        if not rows.size:
-            return
-        graph = self._graph
-        needed = int(rows.max()) + 1
-        if needed > graph.get_max_elements():
-            graph.resize_index(max(2 * needed, graph.get_max_elements()))
-        graph.add_items(self._matrix[rows], rows)
+        if rows.size:
+            self._label_row = _extend(graph, self._label_row, self._matrix[rows], rows, 1)
+            self._row_label[rows] = np.arange(self._label_row.size - rows.size,
+                                              self._label_row.size)
 
     def _grow(self, needed: int) -> None:
         capacity = self._matrix.shape[0]
@@ -482,6 +596,26 @@ class VectorSet:
         matrix = np.zeros((new, self.dim), dtype=np.float32)
         matrix[:capacity] = self._matrix
         self._matrix = matrix
-        self._owner = np.concatenate([self._owner, np.full(new - capacity, -1, np.int64)])
-        self._time = np.concatenate([self._time, np.full(new - capacity, np.nan)])
-        self._alive = np.concatenate([self._alive, np.zeros(new - capacity, bool)])
+        extra = new - capacity
+        self._owner = np.concatenate([self._owner, np.full(extra, -1, np.int64)])
+        self._time = np.concatenate([self._time, np.full(extra, np.nan)])
+        self._alive = np.concatenate([self._alive, np.zeros(extra, bool)])
+        self._row_label = np.concatenate([self._row_label, np.full(extra, -1, np.int64)])
+
+
+def _extend(graph: Any, label_rows: np.ndarray, vectors: np.ndarray, rows: np.ndarray,
+            threads: int) -> np.ndarray:
+    """Add ``vectors`` (of ``rows``) to ``graph`` under the next labels; the longer map."""
+    if not rows.size:
+        return label_rows
+    start = max(label_rows.size, graph.get_current_count())
+    labels = np.arange(start, start + rows.size)
+    needed = int(labels[-1]) + 1
+    if needed > graph.get_max_elements():
+        graph.resize_index(max(2 * needed, graph.get_max_elements()))
+    graph.set_num_threads(max(1, threads))
+    graph.add_items(vectors, labels)
+    grown = np.full(start + rows.size, -1, dtype=np.int64)
+    grown[: label_rows.size] = label_rows
+    grown[labels] = rows
+    return grown

@@ -1,0 +1,451 @@
+"""Scale figures beside their targets (DESIGN.md §7), for a library of a given size.
+
+Run ``python -m benchmarks.scale --count 100000 [--dir DIR]``; ``--count 2000`` is a smoke
+run of a minute or two.  The library is synthetic (:mod:`benchmarks.synth`: real store,
+real record schema, tiny originals on disk, CLIP vectors of a random-weight ViT-B-32 that
+is loaded from a local checkpoint exactly as real weights would be); a ``--dir`` that
+already holds one of the same size and model is reused.  Printed, each with its target
+and MET or MISSED:
+
+* rescan of the unchanged library: the daemon's reconcile in process, and the
+  ``scanpixd index`` command end to end (which also sweeps, infers times and checks the
+  folders' vector indexes), beside a bare ``os.scandir`` walk with a ``stat`` per file,
+  the least any rescan must do;
+* ``scanpixd run``: start until the library is loaded and a query is answered; RSS once
+  ViT-B-32 is loaded and every query below has run; text-query latency through the
+  socket (p50, p99; plain and with filters), beside a process that loads the model for
+  each query, as rclip-style tools do; ``similar:`` latency; grouping the whole library's
+  duplicates;
+* the cheap tier's files/s and the full pipeline's photos/s (faces and CLIP ViT-B-32) on
+  the corpus's 7-13 MP phone and camera JPEGs, beside a naive loop (full decode and one
+  exiftool process per file).
+
+The machine is shared: the load average is printed, latencies come with the daemon's CPU
+time per query, and throughput with an estimate for two idle cores (files per CPU-second
+of this process and its children, times two).  Targets are judged on what was measured;
+the estimates are context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import synth
+from scanpixd.config import Settings
+from scanpixd.errors import ScanpixError
+from tests.helpers_daemon import DaemonProcess
+
+PROJECT = Path(__file__).resolve().parents[1]
+CORPORA = PROJECT.parent / "shared" / "corpora"
+PHOTOS = ("metadata-extractor-images/jpg/Apple iPhone 4S.jpg", "metadata-extractor-images/jpg/Apple iPhone 5.jpg",
+          "metadata-extractor-images/jpg/Apple iPhone 6.jpg", "metadata-extractor-images/jpg/Apple iPhone 6 plus.jpg",
+          "metadata-extractor-images/jpg/Nexus 4.jpg", "metadata-extractor-images/jpg/Samsung GT-I9100 (Galaxy SII).jpg",
+          "metadata-extractor-images/jpg/Samsung GT-I9505 (Galaxy S4).jpg",
+          "metadata-extractor-images/jpg/Samsung SM-N900A (Galaxy Note 3).jpg",
+          "metadata-extractor-images/jpg/Samsung SM-G935L (Galaxy S7 Edge).jpg",
+          "metadata-extractor-images/jpg/Oppo R7 Plus.jpg", "metadata-extractor-images/jpg/Nokia Lumia 800.jpg",
+          "metadata-extractor-images/jpg/Canon EOS 30D (4).jpg", "metadata-extractor-images/jpg/Canon Powershot S90.jpg",
+          "metadata-extractor-images/jpg/Panasonic DMC-LX3 (Lumix).jpg", "metadata-extractor-images/jpg/Kodak Z1012 IS.jpg",
+          "metadata-extractor-images/jpg/Olympus FE230-X790.jpg", "exif-samples/jpg/mobile/HMD_Nokia_8.3_5G.jpg",
+          "exif-samples/jpg/hdr/iphone_hdr_YES.jpg", "exif-samples/jpg/hdr/iphone_hdr_NO.jpg",
+          "face_recognition/examples/obama.jpg", "face_recognition/examples/biden.jpg",
+          "face_recognition/examples/two_people.jpg")
+FILTERS = ("date:2016", "place:Italy", "camera:canon type:photo", "date:2018-06..2018-09 -type:video")
+
+
+# -- the report ----------------------------------------------------------------------------
+@dataclass
+class Figure:
+    name: str
+    value: str
+    target: str = ""
+    met: bool | None = None  # None: no target
+    note: str = ""
+
+
+@dataclass
+class Report:
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, name: str, value: str, target: str = "", met: bool | None = None, note: str = "") -> None:
+        figure = Figure(name, value, target, met, note)
+        self.figures.append(figure)
+        verdict = "" if met is None else ("MET" if met else "MISSED")
+        print(f"  {name:<46} {value:>14}  {target:<14} {verdict:<6} {note}", flush=True)
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} on {os.cpu_count()} cores"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
+
+
+@contextmanager
+def cpu_clock() -> Iterator[Callable[[], float]]:
+    """CPU seconds of this process and its finished children since entering."""
+    start = os.times()
+    yield lambda: _cpu(os.times()) - _cpu(start)
+
+
+def _cpu(t: os.times_result) -> float:
+    return t.user + t.system + t.children_user + t.children_system
+
+
+# -- the library ---------------------------------------------------------------------------
+def settings_for(root: Path, base: Path, checkpoint: Path) -> Settings:
+    settings = synth.clip_settings(Settings(), checkpoint)
+    settings.roots = [root]
+    settings.cache_dir = base / "cache"
+    settings.jobs = 2
+    return settings
+
+
+def prepare_library(root: Path, count: int, settings: Settings) -> dict[str, Any]:
+    """The library under ``root``: reused when its manifest matches, else generated."""
+    from scanpixd.models.clip import ClipModel
+
+    model_id = ClipModel(settings.clip).model_id
+    manifest = synth.read_manifest(root)
+    if manifest and manifest.get("count") == count and manifest.get("model") == model_id:
+        print(f"reusing the library in {root} ({count} files)")
+        return manifest
+    if root.exists() and any(root.iterdir()):
+        raise SystemExit(f"{root} holds something else; give an empty or absent --dir")
+    print(f"generating {count} files in {root} ...", flush=True)
+    concepts = synth.embed_concepts(settings)
+    summary = synth.generate(root, synth.Spec(count), settings, concepts)
+    print(f"  generated in {summary.seconds:.1f} s ({count / summary.seconds:.0f} files/s, "
+          f"records {summary.bytes_records / 1e6:.0f} MB)")
+    return synth.read_manifest(root) or {}
+
+
+def write_config(path: Path, settings: Settings, socket: Path) -> None:
+    clip = settings.clip
+    path.write_text(
+        f'roots = ["{settings.roots[0]}"]\njobs = {settings.jobs}\ncache_dir = "{settings.cache_dir}"\n'
+        f'[daemon]\nsocket = "{socket}"\n'
+        f'[clip]\nmodel = "{clip.model}"\npretrained = "{clip.pretrained}"\ndownload = false\n')
+
+
+# -- rescan --------------------------------------------------------------------------------
+def bench_rescan(report: Report, settings: Settings, config: Path, count: int) -> None:
+    from scanpixd.pipeline import Services, build_stages
+    from scanpixd.scan import reconcile
+    from scanpixd.store import Store
+
+    root = settings.roots[0]
+    walked = _bare_walk(root)
+    stages = build_stages(Services(settings))
+    for stage in stages:
+        stage.is_ready()  # the daemon's stages are long since ready when it rescans
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        plan = reconcile([root], settings, Store(settings), stages)
+        timings.append(time.perf_counter() - started)
+    if plan.work or plan.unchanged != count:
+        print(f"  warning: the rescan found {len(plan.work)} files to work on, "
+              f"{plan.unchanged} unchanged")
+    best = min(timings)
+    scaled = best * 100_000 / count
+    report.add("rescan, unchanged (daemon reconcile)", f"{best:.2f} s", "< 5 s at 100k", scaled < 5,
+               f"{best / walked:.1f}x a bare walk+stat ({walked:.2f} s); 100k-scaled {scaled:.1f} s")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "scanpixd", "index", "--config", str(config), "--json"],
+                          cwd=PROJECT, capture_output=True, text=True, env=_env(config.parent))
+    took = time.perf_counter() - started
+    note = "" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-200:]}"
+    report.add("rescan, unchanged (`scanpixd index` command)", f"{took:.2f} s", "< 5 s at 100k",
+               took * 100_000 / count < 5, note or "includes start-up, sweep, times, vector indexes")
+
+
+def _bare_walk(root: Path) -> float:
+    started = time.perf_counter()
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("."):
+                        stack.append(Path(entry.path))
+                else:
+                    entry.stat(follow_symlinks=False)
+    return time.perf_counter() - started
+
+
+def _env(base: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANPIX_")}
+    env.update(XDG_CACHE_HOME=str(base / "xdg-cache"), XDG_CONFIG_HOME=str(base / "config"),
+               XDG_RUNTIME_DIR=str(base / "runtime"))
+    return env
+
+
+# -- the daemon ----------------------------------------------------------------------------
+class ScaleDaemon(DaemonProcess):
+    """``scanpixd run`` with CLIP (and faces, as by default) on, from a written configuration."""
+
+    def __init__(self, base: Path, settings: Settings):
+        self._settings = settings
+        super().__init__(base, settings.roots)
+
+    def write_config(self, roots: Any, extra: str = "") -> None:
+        write_config(self.config, self._settings, self.socket)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory(self) -> tuple[float, float]:
+        """(RSS, peak RSS) in MB."""
+        found = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) / 1024
+        return found["VmRSS"], found["VmHWM"]
+
+    def settle(self, timeout: float = 300.0, quiet: float = 3.0) -> float:
+        """Until the daemon uses under 5 % of a core for ``quiet`` seconds; returns the wait."""
+        started = time.monotonic()
+        last, since = self.cpu_seconds(), time.monotonic()
+        while time.monotonic() - started < timeout:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - last > 0.025:
+                since = time.monotonic()
+            last = now
+            if time.monotonic() - since >= quiet:
+                break
+        return time.monotonic() - started
+
+
+def bench_daemon(report: Report, base: Path, settings: Settings, manifest: dict[str, Any], count: int,
+                 queries: int) -> None:
+    daemon = ScaleDaemon(base / "daemon", settings)
+    started = time.perf_counter()
+    daemon.start(wait=False)
+    try:
+        daemon.wait_serving(timeout=600)
+        loaded = time.perf_counter() - started
+        client = daemon.client
+        client.timeout = 600
+        client.get("/v1/search", q=FILTERS[0], limit=10)
+        serving = time.perf_counter() - started
+        report.add("daemon start → library loaded", f"{loaded:.2f} s", "< 10 s at 100k", loaded < 10)
+        report.add("daemon start → first query answered", f"{serving:.2f} s", "< 10 s at 100k", serving < 10)
+        first = time.perf_counter()
+        client.get("/v1/search", q=manifest["concepts"][0], limit=10)
+        report.add("first text query (loads ViT-B-32)", f"{time.perf_counter() - first:.2f} s",
+                   note=f"{time.perf_counter() - started:.1f} s after start")
+        settled = daemon.settle()
+        report.add("daemon busy after start (rescan, vector graph)", f"{settled:.1f} s",
+                   note="until its CPU use stays under 5 % for 3 s")
+        _queries(report, daemon, manifest, queries)
+        _similar(report, daemon, settings.roots[0], manifest, max(10, queries // 4))
+        _duplicates(report, daemon, count)
+        rss, peak = daemon.memory()
+        report.add("daemon RSS, ViT-B-32 loaded, after queries", f"{rss:.0f} MB", "< 1.5 GB at 100k",
+                   rss < 1536, f"peak {peak:.0f} MB")
+        _reference_cli(report, settings, daemon.base, _last_p50)
+    finally:
+        daemon.close()
+
+
+_last_p50: list[float] = []
+
+
+def _timed_queries(daemon: ScaleDaemon, texts: list[str], route: str = "/v1/search",
+                   key: str = "q") -> tuple[list[float], float, list[int]]:
+    client = daemon.client
+    cpu_before = daemon.cpu_seconds()
+    latencies, counts = [], []
+    for text in texts:
+        started = time.perf_counter()
+        answer = client.get(route, **{key: text, "limit": 50})
+        latencies.append(time.perf_counter() - started)
+        counts.append(len(answer.get("results", [])))
+    cpu = (daemon.cpu_seconds() - cpu_before) / len(texts)
+    return latencies, cpu, counts
+
+
+def _queries(report: Report, daemon: ScaleDaemon, manifest: dict[str, Any], n: int) -> None:
+    words = manifest["concepts"]
+    extras = ("", " at sunset", " in winter", " with friends", " close up", " on holiday", " in the rain",
+              " from above", " at night", " in the park")
+    fresh = [f"{words[i % len(words)]}{extras[(i // len(words)) % len(extras)]}"
+             + (f" {i}" if i >= len(words) * len(extras) else "") for i in range(n)]
+    latencies, cpu, counts = _timed_queries(daemon, fresh)
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    _last_p50[:] = [p50]
+    note = f"daemon CPU {cpu * 1000:.0f} ms/query; {statistics.median(counts):.0f} results (median)"
+    report.add(f"text query p50 ({n} new texts)", f"{p50 * 1000:.1f} ms", "< 50 ms", p50 < 0.05, note)
+    report.add(f"text query p99 ({n} new texts)", f"{p99 * 1000:.1f} ms", "< 150 ms", p99 < 0.15)
+    latencies, cpu, _ = _timed_queries(daemon, [words[i % len(words)] for i in range(n)])
+    report.add("text query p50, text seen before", f"{percentile(latencies, 0.5) * 1000:.1f} ms", "< 50 ms",
+               percentile(latencies, 0.5) < 0.05, f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; "
+               f"CPU {cpu * 1000:.0f} ms/query")
+    mixed = [f"{words[i % len(words)]} {FILTERS[i % len(FILTERS)]}" for i in range(max(8, n // 4))]
+    latencies, cpu, counts = _timed_queries(daemon, mixed)
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    report.add("text query with filters p50", f"{p50 * 1000:.1f} ms", "< 50 ms", p50 < 0.05,
+               f"p99 {p99 * 1000:.1f} ms; CPU {cpu * 1000:.0f} ms/query")
+    listing = [FILTERS[i % len(FILTERS)] for i in range(max(8, n // 8))]
+    latencies, cpu, counts = _timed_queries(daemon, listing)
+    report.add("filter-only query p50", f"{percentile(latencies, 0.5) * 1000:.1f} ms",
+               note=f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; CPU {cpu * 1000:.0f} ms/query")
+
+
+def _similar(report: Report, daemon: ScaleDaemon, root: Path, manifest: dict[str, Any], n: int) -> None:
+    samples = [str(root / rel) for rel in manifest["samples"]]
+    paths = [samples[i % len(samples)] for i in range(n)]
+    latencies, cpu, counts = _timed_queries(daemon, paths, "/v1/similar", "path")
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    report.add("similar: p50 (an indexed photo)", f"{p50 * 1000:.1f} ms", "< 50 ms", p50 < 0.05,
+               f"p99 {p99 * 1000:.1f} ms; CPU {cpu * 1000:.0f} ms/query; "
+               f"{statistics.median(counts):.0f} results")
+
+
+def _duplicates(report: Report, daemon: ScaleDaemon, count: int) -> None:
+    started = time.perf_counter()
+    cpu = daemon.cpu_seconds()
+    groups = daemon.client.get("/v1/duplicates")["groups"]
+    took = time.perf_counter() - started
+    kinds: dict[str, int] = {}
+    for group in groups:
+        kinds[group["kind"]] = kinds.get(group["kind"], 0) + 1
+    report.add("duplicates, whole library, through the socket", f"{took:.2f} s",
+               note=f"CPU {daemon.cpu_seconds() - cpu:.2f} s; groups {kinds}")
+
+
+def _reference_cli(report: Report, settings: Settings, base: Path, p50: list[float]) -> None:
+    """What a tool that loads the model per query pays at least: import, load, embed one text."""
+    code = ("import sys; from scanpixd.config import ClipSettings; from scanpixd.models.clip import ClipModel;"
+            f"ClipModel(ClipSettings(model={settings.clip.model!r}, pretrained={settings.clip.pretrained!r},"
+            " download=False)).embed_text(['a dog on the beach'])")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True, capture_output=True, env=_env(base))
+    took = time.perf_counter() - started
+    if p50:
+        ratio = took / p50[0]
+        report.add("vs a CLI loading the model per query", f"{ratio:.0f}x", ">= 20x", ratio >= 20,
+                   f"that CLI: {took:.1f} s per query (model load + one text)")
+
+
+# -- pipeline throughput on real photos ------------------------------------------------------
+def corpus_photos() -> list[Path]:
+    return [CORPORA / rel for rel in PHOTOS if (CORPORA / rel).is_file()]
+
+
+def bench_pipeline(report: Report, base: Path, checkpoint: Path, photos: list[Path]) -> None:
+    if not photos:
+        print("  corpora not found: pipeline throughput skipped")
+        return
+    cheap = _index_copy(base / "cheap", photos, faces=False, clip=None)
+    naive = _naive(base / "naive", photos[:8])
+    wall, cpu = cheap
+    rate, idle_rate = len(photos) / wall, len(photos) / (cpu / 2)
+    report.add(f"cheap tier, {len(photos)} corpus JPEGs", f"{rate:.1f} files/s", ">= 25 files/s", rate >= 25,
+               f"idle 2-core estimate {idle_rate:.1f}/s; {naive / (wall / len(photos)):.1f}x a naive loop "
+               f"({1 / naive:.1f}/s: full decode, one exiftool per file)")
+    wall, cpu = _index_copy(base / "full", photos, faces=True, clip=checkpoint)
+    rate, idle_rate = len(photos) / wall, len(photos) / (cpu / 2)
+    report.add("full pipeline (faces, CLIP ViT-B-32)", f"{rate:.2f} photos/s", ">= 4 photos/s", rate >= 4,
+               f"idle 2-core estimate {idle_rate:.1f}/s")
+
+
+def _index_copy(base: Path, photos: list[Path], faces: bool, clip: Path | None) -> tuple[float, float]:
+    """Wall and CPU seconds to index fresh copies of ``photos`` (models loaded beforehand)."""
+    from scanpixd.indexer import Indexer
+    from scanpixd.pipeline import Services
+
+    folder = base / "photos"
+    folder.mkdir(parents=True)
+    for i, photo in enumerate(photos):
+        shutil.copyfile(photo, folder / f"{i:03d}-{photo.name}")
+    settings = Settings(roots=[folder], cache_dir=base / "cache", jobs=2)
+    settings.faces.enabled = faces
+    if clip is None:
+        settings.clip.enabled = False
+    else:
+        synth.clip_settings(settings, clip)
+    services = Services(settings)
+    if faces:
+        services.faces.load()
+    if clip is not None:
+        services.clip.load()
+    indexer = Indexer(settings, services=services)
+    with cpu_clock() as cpu:
+        started = time.perf_counter()
+        try:
+            summary = indexer.index([folder])
+        finally:
+            indexer.close()
+        wall = time.perf_counter() - started
+        used = cpu()
+    if summary.failed:
+        print(f"  warning: {summary.failed} files failed")
+    return wall, used
+
+
+def _naive(base: Path, photos: list[Path]) -> float:
+    """Seconds per file: exiftool spawned per file, full decode and thumbnails (bench_media's loop)."""
+    from benchmarks.bench_media import naive
+
+    base.mkdir(parents=True)
+    started = time.perf_counter()
+    for photo in photos:
+        subprocess.run(["exiftool", "-j", "-G", str(photo)], capture_output=True, check=False)
+        naive(photo)
+    return (time.perf_counter() - started) / len(photos)
+
+
+# -- main ------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="files in the library (default 2000)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="library root to create or reuse (default: a temporary one, removed after)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="ViT-B-32 weights (default: random, built once)")
+    parser.add_argument("--queries", type=int, default=200, help="text queries to time (default 200)")
+    parser.add_argument("--skip-pipeline", action="store_true", help="leave out the corpus throughput figures")
+    args = parser.parse_args(argv)
+    checkpoint = synth.build_checkpoint(args.checkpoint or synth.default_checkpoint())
+    with tempfile.TemporaryDirectory(prefix="scanpix-scale-") as tmp:
+        base = Path(tmp)
+        root = (args.dir or base / "library").absolute()
+        settings = settings_for(root, base, checkpoint)
+        manifest = prepare_library(root, args.count, settings)
+        config = base / "config.toml"
+        write_config(config, settings, base / "runtime" / "scanpixd.sock")
+        report = Report()
+        print(f"\n{args.count} files; {load_average()}")
+        print(f"  {'figure':<46} {'measured':>14}  {'target':<14} verdict")
+        bench_rescan(report, settings, config, args.count)
+        try:
+            bench_daemon(report, base, settings, manifest, args.count, args.queries)
+        except (ScanpixError, AssertionError) as exc:
+            print(f"  daemon figures failed: {exc}")
+        if not args.skip_pipeline:
+            bench_pipeline(report, base, checkpoint, corpus_photos())
+        missed = [f.name for f in report.figures if f.met is False]
+        print(f"\n{load_average()}; {len(missed)} target(s) missed" + (f": {', '.join(missed)}" if missed else ""))
+
+
+if __name__ == "__main__":
+    main()

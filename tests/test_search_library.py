@@ -1,0 +1,162 @@
+"""The library's in-memory view: loading, incremental changes, the saved library-wide graph.
+
+Records are written with vectors of the default model id (naming it needs no weights), so
+these tests need no model at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scanpixd.config import Settings
+from scanpixd.library import Library
+from scanpixd.query import parse
+from scanpixd.query.engine import search
+from scanpixd.record import encode_vector, new_record
+from scanpixd.store import Store, ann
+
+DIM = 32
+MODEL = "ViT-B-32/laion2b_s34b_b79k"  # what default clip settings name
+
+
+def unit(rng: np.random.Generator, count: int) -> np.ndarray:
+    v = rng.standard_normal((count, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def write(settings: Settings, folder: Path, name: str, vectors: np.ndarray,
+          times: list[float | None] | None = None, model: str = MODEL) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b"x")
+    record = new_record(name, 1, 1, f"b2:{abs(hash((folder, name))):032x}")
+    record["media"] = {"kind": "video" if times else "image"}
+    record["metadata"] = {"make": "Canon", "raw": {f"Tag{i}": "x" * 50 for i in range(200)}}
+    times = times or [None] * len(vectors)
+    record["clip"] = {"model": model, "dim": DIM,
+                      "vectors": [{"time": t, "v": encode_vector(v)} for t, v in zip(times, vectors,
+                                                                                     strict=True)]}
+    Store(settings).folder(folder).write(record)
+    return record
+
+
+@pytest.fixture
+def photos(settings: Settings, tmp_path: Path) -> tuple[Path, np.ndarray]:
+    settings.clip.enabled = True
+    root = tmp_path / "photos"
+    data = unit(np.random.default_rng(0), 120)
+    for i, v in enumerate(data):
+        write(settings, root / f"f{i // 40}", f"IMG_{i:03d}.jpg", v[None])
+    write(settings, root / "skip" / ".hidden", "IMG_h.jpg", data[:1])  # excluded folder
+    write(settings, root / "f0", "other-model.jpg", data[:1], model="RN50/openai")
+    return root, data
+
+
+def nearest(library: Library, vector: np.ndarray) -> str:
+    assert library.vectors is not None
+    rows, _ = library.vectors.search(vector, 1)
+    item = library.item(int(library.vectors.owner(rows)[0]))
+    assert item is not None
+    return item.name
+
+
+def test_load_reads_every_folder_and_keeps_records_slim(settings: Settings, photos):
+    root, data = photos
+    library = Library(settings, write_indexes=True)
+    library.load([root])
+    assert len(library) == 121  # 120 + the other model's file (no vectors), not the hidden one
+    assert library.vectors is not None and len(library.vectors) == 120
+    item = library.get(root / "f1" / "IMG_050.jpg")
+    assert item is not None and item.root == root
+    assert "raw" not in item.record["metadata"] and item.record["metadata"]["make"] == "Canon"
+    assert "raw" in library.full_record(item)["metadata"]
+    assert library.get(root / "f0" / "other-model.jpg").rows.size == 0  # type: ignore[union-attr]
+    assert nearest(library, data[77]) == "IMG_077.jpg"
+    for sub in ("f0", "f1", "f2"):  # the portable per-folder index came up to date
+        meta = ann.read_meta(Store(settings).folder(root / sub))
+        assert meta is not None and meta["model"] == MODEL and meta["count"] == 40
+
+
+def test_a_direct_reader_writes_nothing(settings: Settings, photos):
+    root, _ = photos
+    Library(settings).load([root])
+    assert not (root / "f0" / ".scanpix" / "index" / ann.META_NAME).exists()
+
+
+def test_an_offline_root_is_reported_not_purged(settings: Settings, photos, tmp_path: Path):
+    root, _ = photos
+    library = Library(settings)
+    library.load([root, tmp_path / "unplugged-disk"])
+    assert library.offline_roots == [tmp_path / "unplugged-disk"] and len(library) == 121
+
+
+def test_the_graph_is_saved_and_reused_across_starts(settings: Settings, photos, caplog):
+    root, data = photos
+    settings.clip.ann_min = 50
+    first = Library(settings)
+    first.load([root])
+    assert first.vectors is not None
+    first.vectors.wait_for_graph()
+    assert first.vectors.has_graph
+    first.close()
+
+    # Between runs: one file deleted, one added.
+    store = Store(settings)
+    store.folder(root / "f0").remove("IMG_003.jpg")
+    (root / "f0" / "IMG_003.jpg").unlink()
+    fresh = unit(np.random.default_rng(9), 1)
+    write(settings, root / "f3", "NEW.jpg", fresh)
+
+    caplog.set_level(logging.INFO, logger="scanpixd.library")
+    second = Library(settings)
+    second.load([root])
+    assert "vector graph reused" in caplog.text and "119 of 120 labels current" in caplog.text
+    assert second.vectors is not None
+    second.vectors.wait_for_graph()
+    assert second.vectors.has_graph
+    assert nearest(second, fresh[0]) == "NEW.jpg"
+    assert nearest(second, data[3]) != "IMG_003.jpg"
+    for i in (0, 60, 119):
+        assert nearest(second, data[i]) == f"IMG_{i:03d}.jpg"
+
+
+def test_a_damaged_saved_graph_is_rebuilt(settings: Settings, photos, caplog):
+    root, data = photos
+    settings.clip.ann_min = 50
+    first = Library(settings)
+    first.load([root])
+    assert first.vectors is not None
+    first.vectors.wait_for_graph()
+    first.close()
+    graph_file = next((settings.cache_dir / "ann").glob("*.hnsw"))
+    graph_file.write_bytes(graph_file.read_bytes()[:1000])
+    caplog.set_level(logging.INFO, logger="scanpixd.library")
+    second = Library(settings)
+    second.load([root])
+    assert "reused" not in caplog.text
+    assert second.vectors is not None
+    second.vectors.wait_for_graph()
+    assert second.vectors.has_graph and nearest(second, data[42]) == "IMG_042.jpg"
+
+
+def test_video_frames_are_searched_per_frame_and_report_their_time(settings: Settings,
+                                                                   tmp_path: Path):
+    settings.clip.enabled = True
+    settings.clip.similar_floor = 0.0
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(3)
+    frames = unit(rng, 3)
+    for i, v in enumerate(unit(rng, 20)):
+        write(settings, root, f"IMG_{i:02d}.jpg", v[None])
+    write(settings, root, "clip.mp4", frames, times=[0.0, 4.5, 9.0])
+    probe = write(settings, tmp_path / "elsewhere", "probe.jpg", frames[1:2])
+    library = Library(settings)
+    library.load([root, tmp_path / "elsewhere"])
+    results = search(library, parse(f"similar:{tmp_path / 'elsewhere' / 'probe.jpg'}"), limit=5)
+    assert probe["name"] == "probe.jpg"
+    top = [r for r in results if r.path.name == "clip.mp4"]
+    assert top and top[0].time == 4.5
+    assert len({r.path for r in results}) == len(results)  # one result per file
