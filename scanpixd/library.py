@@ -50,10 +50,20 @@ class Item:
     name: str
     record: Record  # without metadata.raw; see Library.full_record
     rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)  # rows in Library.vectors
+    vector_key: tuple[object, ...] = ()  # what the rows were made from (see _vector_key)
 
     @cached_property
     def path(self) -> Path:
         return self.folder.folder / self.name
+
+
+def _vector_key(record: Record) -> tuple[object, ...]:
+    """The record's embeddings as an immutable value, to tell whether they changed."""
+    clip = record.get("clip")
+    if not isinstance(clip, dict) or not isinstance(clip.get("vectors"), list):
+        return ()
+    return (clip.get("model"), *((e.get("time"), e.get("v")) for e in clip["vectors"]
+                                 if isinstance(e, dict)))
 
 
 def slim(record: Record) -> Record:
@@ -176,6 +186,7 @@ class Library:
             if positions and index is not None:
                 times = [index.labels[p].time for p in positions]
                 item.rows = self._vector_set(index.dim).add(index.vectors[positions], item.id, times)
+                item.vector_key = _vector_key(records[name])
 
     def _new_item(self, root: Path, folder: FolderStore, name: str, record: Record) -> Item:
         item = Item(self._next_id, root, folder, name, slim(record))
@@ -242,12 +253,19 @@ class Library:
         model_id = self.model_id
         found = ann.record_vectors(record, model_id) if model_id else []
         with self.lock:
+            old_id = self._by_path.get((folder.folder, name))
+            old = self._items.get(old_id) if old_id is not None else None
+            key = _vector_key(record)
+            if old is not None and old.rows.size and old.vector_key == key:
+                old.record = slim(record)  # same vectors (a cheaper stage wrote): keep the rows
+                return old
             self._drop(folder.folder, name)
             item = self._new_item(root, folder, name, record)
             if found:
                 vectors = np.stack([v for _, _, v in found])
                 item.rows = self._vector_set(vectors.shape[1]).add(
                     vectors, item.id, [t for _, t, _ in found])
+                item.vector_key = key
             self._dirty.add(folder.folder)
             return item
 
@@ -351,10 +369,26 @@ class Library:
         self.flush()
         self.save_graph()
 
+    def compact(self) -> None:
+        """Drop the rows of replaced and removed vectors (a new graph is built meanwhile)."""
+        with self.lock:
+            old = self.vectors
+            if old is None:
+                return
+            self.vectors = None
+            for item in self._items.values():
+                if item.rows.size:
+                    times = [old.time(int(r)) for r in item.rows]
+                    item.rows = self._vector_set(old.dim).add(old.vectors(item.rows), item.id,
+                                                              times)
+
     def flush(self) -> int:
-        """Rewrite the portable index of every folder changed since the last flush."""
+        """Rewrite the portable index of every folder changed since the last flush, and
+        compact the vectors when most rows are dead."""
         model_id = self.model_id
         with self.lock:
+            if self.vectors is not None and self.vectors.dead > max(10000, len(self.vectors)):
+                self.compact()
             dirty, self._dirty = self._dirty, set()
         if model_id is None or not self.write_indexes:
             return 0

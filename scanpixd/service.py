@@ -101,6 +101,8 @@ class LibraryService:
                 if self._people is not None and record.get("faces"):
                     self._people.assign_new(folder.folder, record)
         self.library.flush()
+        if self._people is not None:
+            self._people.save()  # writes only when assignments changed
 
     def records_deleted(self, keys: list[Key]) -> None:
         for folder, name in keys:
@@ -196,6 +198,16 @@ class LibraryService:
     def merge_people(self, person_id: str, into: str) -> dict[str, Any]:
         self.people_index.merge(person_id, into)
         return {"ok": True, "id": into}
+
+    def reject_face(self, face_ref: str, person_id: str) -> dict[str, Any]:
+        """Mark one face as "not this person"; it survives reclustering."""
+        self.people_index.reject(face_ref, person_id)
+        return {"ok": True, "ref": face_ref, "id": person_id}
+
+    def person_faces(self, person_id: str) -> dict[str, Any]:
+        faces = self.people_index.faces_of(person_id)
+        return {"id": person_id, "faces": [{"ref": f.ref, "path": str(f.path), "box": f.box,
+                                            "time": f.time} for f in faces]}
 
     # -- single items -------------------------------------------------------------------------
     def item(self, path: Path) -> dict[str, Any]:

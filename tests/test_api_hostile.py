@@ -117,6 +117,8 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("JSON array", post("/v1/search", b"[1, 2]"), 400, "must be a JSON object"),
     ("JSON string", post("/v1/search", b'"type:photo"'), 400, "must be a JSON object"),
     ("deep JSON", post("/v1/search", b"[" * 5000 + b"]" * 5000), 400, ""),
+    ("huge integer", post("/v1/search", b'{"q": "dog", "limit": 99999999999999999999999}'), 400, ""),
+    ("infinite number", post("/v1/search", b'{"q": "dog", "limit": 1e999}'), 400, ""),
     ("body not UTF-8", post("/v1/search", b'{"q": "\xff\xfe"}'), 400, "not valid JSON"),
     ("URL not UTF-8", b"GET /v1/search?q=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", 400, "not valid UTF-8"),
     ("escaped URL not UTF-8", get("/v1/search?q=%FF%FE"), 400, "bad query string"),
@@ -306,7 +308,9 @@ def test_an_overlong_path_is_a_clean_error(target: Target):
 ROUTES = ["/v1/status", "/v1/search", "/v1/similar", "/v1/duplicates", "/v1/people", "/v1/item",
           "/v1/thumbnail", "/v1/reindex", "/v1/openapi.json", "/v1/people/name", "/v1/nothing"]
 KEYS = st.sampled_from(["q", "limit", "path", "kind", "size", "id", "name", "into", "x"])
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text())
+JSON = st.recursive(SCALARS,
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
                     max_leaves=12)
 CLEAN = {200, 202, 400, 403, 404, 405, 413, 503}

@@ -160,3 +160,29 @@ def test_video_frames_are_searched_per_frame_and_report_their_time(settings: Set
     top = [r for r in results if r.path.name == "clip.mp4"]
     assert top and top[0].time == 4.5
     assert len({r.path for r in results}) == len(results)  # one result per file
+
+
+def test_updates_keep_unchanged_vectors_and_compaction_drops_dead_rows(settings: Settings,
+                                                                       photos):
+    root, data = photos
+    library = Library(settings)
+    library.load([root])
+    assert library.vectors is not None
+    folder = library.store.folder(root / "f1")
+    record = folder.read("IMG_041.jpg")
+    assert record is not None
+    before = library.get(root / "f1" / "IMG_041.jpg")
+    assert before is not None
+    record["place"] = {"city": "Siena"}
+    after = library.update(folder, "IMG_041.jpg", record)  # a cheaper stage wrote: same vectors
+    assert after is not None and list(after.rows) == list(before.rows)
+    assert after.record["place"] == {"city": "Siena"} and library.vectors.dead == 0
+
+    moved = unit(np.random.default_rng(11), 1)
+    record["clip"]["vectors"][0]["v"] = encode_vector(moved[0])
+    library.update(folder, "IMG_041.jpg", record)
+    assert library.vectors.dead == 1 and nearest(library, moved[0]) == "IMG_041.jpg"
+    library.compact()
+    assert library.vectors.dead == 0 and len(library.vectors) == 120
+    assert nearest(library, moved[0]) == "IMG_041.jpg"
+    assert nearest(library, data[100]) == "IMG_100.jpg"

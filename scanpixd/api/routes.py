@@ -10,6 +10,8 @@ GET/POST  /v1/duplicates         path (optional folder), kind (exact,near,burst;
 GET       /v1/people             -
 POST      /v1/people/name        id, name
 POST      /v1/people/merge       id, into
+GET       /v1/people/faces       id
+POST      /v1/people/reject      ref (a face, from /v1/people/faces), id
 GET/POST  /v1/item               path
 GET       /v1/thumbnail          path, size (a configured thumbnail size; default largest)
 POST      /v1/reindex            path (a file or folder inside a root)
@@ -70,6 +72,8 @@ class LibraryApi(Protocol):
     def people(self) -> dict[str, Any]: ...
     def name_person(self, person_id: str, name: str) -> dict[str, Any]: ...
     def merge_people(self, person_id: str, into: str) -> dict[str, Any]: ...
+    def person_faces(self, person_id: str) -> dict[str, Any]: ...
+    def reject_face(self, face_ref: str, person_id: str) -> dict[str, Any]: ...
     def item(self, path: Path) -> dict[str, Any]: ...
     def thumbnail(self, path: Path, size: int | None) -> Path: ...
     def reindex(self, path: Path) -> dict[str, Any]: ...
@@ -99,6 +103,9 @@ class Router:
             (("GET",), "/v1/people", self._people, {}),
             (("POST",), "/v1/people/name", self._name_person,
              {"id": "person id (required)", "name": "new name (required)"}),
+            (("GET",), "/v1/people/faces", self._person_faces, {"id": "person id (required)"}),
+            (("POST",), "/v1/people/reject", self._reject_face,
+             {"ref": "face reference (required)", "id": "person it is not (required)"}),
             (("POST",), "/v1/people/merge", self._merge_people,
              {"id": "person to merge (required)", "into": "person that remains (required)"}),
             (("GET", "POST"), "/v1/item", self._item, {"path": "file (required)"}),
@@ -164,6 +171,14 @@ class Router:
     def _name_person(self, args: dict[str, Any]) -> Response:
         _only(args, {"id", "name"})
         return Response.json(self.api.name_person(_text(args, "id"), _text(args, "name")))
+
+    def _person_faces(self, args: dict[str, Any]) -> Response:
+        _only(args, {"id"})
+        return Response.json(self.api.person_faces(_text(args, "id")))
+
+    def _reject_face(self, args: dict[str, Any]) -> Response:
+        _only(args, {"ref", "id"})
+        return Response.json(self.api.reject_face(_text(args, "ref"), _text(args, "id")))
 
     def _merge_people(self, args: dict[str, Any]) -> Response:
         _only(args, {"id", "into"})

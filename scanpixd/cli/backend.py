@@ -42,6 +42,12 @@ class RemoteLibrary:
     def merge_people(self, person_id: str, into: str) -> dict[str, Any]:
         return self.client.post("/v1/people/merge", id=person_id, into=into)
 
+    def person_faces(self, person_id: str) -> dict[str, Any]:
+        return self.client.get("/v1/people/faces", id=person_id)
+
+    def reject_face(self, face_ref: str, person_id: str) -> dict[str, Any]:
+        return self.client.post("/v1/people/reject", ref=face_ref, id=person_id)
+
     def item(self, path: Path) -> dict[str, Any]:
         return self.client.post("/v1/item", path=str(path))
 

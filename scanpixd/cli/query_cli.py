@@ -304,19 +304,32 @@ class _GroupView:
 @main.command()
 @click.option("--name", nargs=2, metavar="ID NAME", help="Name (or rename) a person.")
 @click.option("--merge", nargs=2, metavar="ID INTO", help="Merge person ID into person INTO.")
+@click.option("--faces", "faces_of", metavar="ID", help="List the faces of person ID (with their refs).")
+@click.option("--reject", nargs=2, metavar="REF ID", help="Face REF is not person ID.")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--direct", is_flag=True, help="Read the sidecars even if the daemon runs.")
 @reports_errors
 @_library_errors
-def people(name: tuple[str, str] | None, merge: tuple[str, str] | None, config_path: Path | None,
-           as_json: bool, direct: bool) -> None:
-    """List the people found in the library, or name and merge them."""
+def people(name: tuple[str, str] | None, merge: tuple[str, str] | None, faces_of: str | None,
+           reject: tuple[str, str] | None, config_path: Path | None, as_json: bool, direct: bool) -> None:
+    """List the people found in the library; name, merge them, or correct a face."""
     backend = _backend(config_path, direct)
     if name:
         backend.name_person(name[0], name[1])
     if merge:
         backend.merge_people(merge[0], merge[1])
+    if reject:
+        backend.reject_face(reject[0], reject[1])
+    if faces_of:
+        faces = backend.person_faces(faces_of)
+        if as_json:
+            output.print_json(faces)
+        else:
+            for face in faces["faces"]:
+                at = f"  @{face['time']:.1f}s" if face.get("time") is not None else ""
+                click.echo(f"{face['ref']}  {face['path']}{at}")
+        return
     data = backend.people()
     if as_json:
         output.print_json(data)

@@ -384,6 +384,11 @@ class VectorSet:
     def __len__(self) -> int:
         return self._live
 
+    @property
+    def dead(self) -> int:
+        """Rows of removed vectors still taking memory (until the set is rebuilt)."""
+        return self._size - self._live
+
     def add(self, vectors: np.ndarray, owner: int, times: list[float | None]) -> np.ndarray:
         """Append rows for one item; returns their row numbers."""
         count = len(times)
