@@ -252,30 +252,34 @@ class Writer:
     def add_vectors(self, records: list[tuple[str, Record, bytes]], index: int) -> None:
         """CLIP vectors of one folder: its event's look, one or two concepts, copies alike."""
         copies = [bool(record["hashes"].pop("_copy", False)) for _, record, _ in records]
-        if self.model_id is None or self.concepts is None:
+        if self.model_id is None or self.concepts is None or not records:
             return
-        rng = np.random.default_rng([self.spec.seed, index, 7])
-        centre = _unit(rng.standard_normal((1, self.dim)))[0]
-        directions, common = self.concepts.directions, self.concepts.common
-        previous: np.ndarray | None = None
-        for (_, record, _), copied in zip(records, copies, strict=True):
-            frames = 4 if record["media"]["kind"] == "video" else 1
-            copy_of = previous if copied else None
-            rows = []
-            for _ in range(frames):
-                if copy_of is not None:
-                    vector = copy_of + rng.normal(0, 0.15 / np.sqrt(self.dim), self.dim)
-                else:
-                    picked = rng.choice(len(directions), size=int(rng.integers(1, 3)), replace=False)
-                    vector = (0.62 * directions[picked].sum(axis=0) / np.sqrt(len(picked))
-                              + 0.18 * common + 0.55 * centre
-                              + rng.normal(0, 0.45 / np.sqrt(self.dim), self.dim))
-                rows.append(_unit(vector[None, :])[0])
-            previous = rows[0]
-            times = [None] if frames == 1 else [round(2.0 * i, 3) for i in range(frames)]
+        frames = [4 if record["media"]["kind"] == "video" else 1 for _, record, _ in records]
+        matrix = self._folder_vectors(sum(frames), np.random.default_rng([self.spec.seed, index, 7]))
+        row, previous = 0, 0
+        for (_, record, _), copied, count in zip(records, copies, frames, strict=True):
+            if copied:  # an edited copy or burst frame looks like the photo before it
+                own = matrix[row:row + count]
+                matrix[row:row + count] = matrix[previous] + 0.3 * (own - matrix[previous])
+            previous = row
+            times = [None] if count == 1 else [round(2.0 * i, 3) for i in range(count)]
+            vectors = _unit(matrix[row:row + count])
             record["clip"] = {"model": self.model_id, "dim": self.dim,
                               "vectors": [{"time": t, "v": encode_vector(v)} for t, v in
-                                          zip(times, rows, strict=True)]}
+                                          zip(times, vectors, strict=True)]}
+            row += count
+
+    def _folder_vectors(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Rows of one or two concepts, the event's common look and noise (not yet unit)."""
+        assert self.concepts is not None
+        directions = self.concepts.directions
+        first = rng.integers(len(directions), size=count)
+        second = (first + rng.integers(1, len(directions), size=count)) % len(directions)
+        two = rng.random(count) < 0.5
+        mix = (directions[first] + two[:, None] * directions[second]) / np.sqrt(1 + two)[:, None]
+        centre = _unit(rng.standard_normal((1, self.dim)))
+        noise = rng.standard_normal((count, self.dim)).astype(np.float32) / np.sqrt(self.dim)
+        return 0.62 * mix + 0.18 * self.concepts.common + 0.55 * centre + 0.45 * noise
 
     # -- disk -------------------------------------------------------------------------
     def write_folder(self, event: Event, records: list[tuple[str, Record, bytes]]) -> int:

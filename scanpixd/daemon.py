@@ -10,6 +10,7 @@ the configuration: roots added or removed, excludes and timings changed, without
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 5.0
 STOP_GRACE = 30.0
+# Settings the running pipeline and store were built from: a reload keeps them (with a warning).
+RESTART_ONLY = ("write_mode", "cache_dir", "jobs", "thumbs", "exiftool", "clip", "faces", "time")
 
 
 class Daemon:
@@ -125,7 +128,7 @@ class Daemon:
     def _reload_settings(self) -> None:
         self.notifier.reloading("reloading the configuration")
         try:
-            settings = load_settings(self.config_path)
+            settings = self._reloadable(load_settings(self.config_path))
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.notifier.ready(self._status_line())
@@ -138,11 +141,25 @@ class Daemon:
         added = [r for r in roots if r not in self.settings.roots]
         settings.roots = roots
         self.settings = settings
+        self.indexer.settings = settings  # excludes of the reconcile, batch sizes
+        self.service.settings = self.service.library.settings = settings  # excludes of the view
         self.watcher.apply_settings(settings)
         self.service.set_roots(roots)  # the view first: the rescans below report against it
         self.scheduler.set_roots(roots)
         log.info("configuration reloaded: %d roots (%d new)", len(roots), len(added))
         self.notifier.ready(self._status_line())
+
+    def _reloadable(self, new: Settings) -> Settings:
+        """``new`` with what needs a restart kept as it runs; says so for each change."""
+        kept = {key: getattr(self.settings, key) for key in RESTART_ONLY}
+        for key, value in kept.items():
+            if getattr(new, key) != value:
+                log.warning("reload: `%s` changed; it takes effect when scanpixd is restarted", key)
+        daemon = dataclasses.replace(new.daemon, socket=self.settings.daemon.socket,
+                                     socket_group=self.settings.daemon.socket_group)
+        if daemon != new.daemon:
+            log.warning("reload: the API socket changed; it moves when scanpixd is restarted")
+        return dataclasses.replace(new, daemon=daemon, **kept)
 
     def _view_under(self, path: Path) -> dict[Path, list[str]]:
         """The folders the library view holds at or below ``path``, with their file names."""

@@ -240,7 +240,7 @@ class Indexer:
                     list(pool.map(lambda j: run_stage(stage, j), todo))
         except ModelUnavailable as exc:
             summary.unavailable[stage.name] = str(exc)
-            log.warning("%s is unavailable: %s", stage.name, exc)
+            log.info("%s is unavailable: %s", stage.name, exc)
 
     def _load_job(self, key: tuple[FolderStore, str]) -> Job | None:
         folder, name = key

@@ -164,7 +164,7 @@ class Library:
 
     def _read_folder(self, folder: FolderStore, model_id: str | None
                      ) -> tuple[dict[str, Record], ann.FolderIndex | None]:
-        records = folder.records()
+        records = folder.records(full=False)  # a listing: raw metadata dumps stay on disk
         if model_id is None:
             return records, None
         try:

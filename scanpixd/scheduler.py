@@ -8,11 +8,10 @@ and model work is done in small batches between checks for new cheap work, so a 
 dropped into a folder is findable by its metadata within a second or two even while a
 large import is being embedded.
 
-The library view is told about every record written or removed.  Two kinds of change
-leave no trace in a reconcile's plan, so they are settled here: a folder renamed, moved
+The library view is told about every record written or removed.  One kind of change
+leaves no trace in a reconcile's plan, so it is settled here: a folder renamed, moved
 or deleted in place takes its ``.scanpix/`` along (its records are neither written nor
-removed, they simply are elsewhere now), and a file reported gone whose record the
-reconcile dropped as part of a move.
+removed, they simply are elsewhere now).
 
 Files nothing names any more (a changed photo's old thumbnails, the temporary file of a
 write that a crash cut short) are swept folder by folder when the cheap loop has nothing
@@ -83,7 +82,6 @@ class Scheduler:
         self._later_wake = threading.Event()
         self._active = 0
         self._scopes: dict[tuple[Path, bool], set[Path] | None] = {}
-        self._gone: set[Path] = set()  # files reported removed or moved away
         self._later: deque[Key] = deque()
         self._later_set: set[tuple[Path, str]] = set()
         self._sweep: dict[Path, FolderStore] = {}  # folders that may hold orphaned files
@@ -94,10 +92,10 @@ class Scheduler:
         self._add(path.parent, recursive=False, ready=path)
 
     def file_removed(self, path: Path) -> None:
-        self._add(path.parent, recursive=False, ready=None, trust=False, gone=path)
+        self._add(path.parent, recursive=False, ready=None, trust=False)
 
     def file_moved(self, src: Path, dst: Path) -> None:
-        self._add(src.parent, recursive=False, ready=None, trust=False, gone=src)
+        self._add(src.parent, recursive=False, ready=None, trust=False)
         self._add(dst.parent, recursive=False, ready=dst)
 
     def dir_ready(self, path: Path) -> None:
@@ -130,13 +128,10 @@ class Scheduler:
         for root in roots:
             self.rescan(root)
 
-    def _add(self, path: Path, recursive: bool, ready: Path | None, trust: bool = True,
-             gone: Path | None = None) -> None:
+    def _add(self, path: Path, recursive: bool, ready: Path | None, trust: bool = True) -> None:
         """Note a scope; ``ready`` None with ``trust`` means every file in it is complete."""
         key = (path, recursive)
         with self._lock:
-            if gone is not None:
-                self._gone.add(gone)
             current = self._scopes.get(key, set())
             if current is None:
                 pass  # already trusting the whole scope
@@ -196,27 +191,25 @@ class Scheduler:
     def _reconcile_pending(self) -> bool:
         with self._lock:
             scopes, self._scopes = self._scopes, {}
-            gone, self._gone = self._gone, set()
             if scopes:
                 self._active += 1
         if not scopes:
             return self._sweep_some()
         try:
-            self._reconcile(scopes, gone)
+            self._reconcile(scopes)
         finally:
             with self._lock:
                 self._active -= 1
         return True
 
-    def _reconcile(self, scopes: dict[tuple[Path, bool], set[Path] | None], gone: set[Path]) -> None:
+    def _reconcile(self, scopes: dict[tuple[Path, bool], set[Path] | None]) -> None:
         built = [s for s in (self._scope(p, r, ready) for (p, r), ready in scopes.items()) if s]
         plan = reconcile_scopes(built, self.indexer.settings, self.indexer.store,
                                 self.indexer.stages, hash_workers=self.indexer.jobs)
         self.counters.reconciles += 1
         held = self._held(built, plan)
-        deleted = plan.deleted + self._records_gone(gone, plan)
-        if deleted:
-            self.on_deleted(deleted)
+        if plan.deleted:
+            self.on_deleted(plan.deleted)
         if plan.written:
             self.on_written(plan.written)
         self._follow_folders(held, plan)
@@ -232,12 +225,6 @@ class Scheduler:
         self.counters.failed += summary.failed + len(plan.unreadable)
         self.counters.moved += plan.moved
         self.counters.removed += plan.removed
-
-    def _records_gone(self, gone: set[Path], plan: Plan) -> list[Key]:
-        """Files reported gone whose record went too (a move's source is not in the plan)."""
-        store, listed = self.indexer.store, {(f.folder, n) for f, n in plan.deleted}
-        keys = [(store.folder(p.parent), p.name) for p in gone if (p.parent, p.name) not in listed]
-        return [(folder, name) for folder, name in keys if folder.read(name) is None]
 
     def _held(self, scopes: list[Scope], plan: Plan) -> dict[Path, dict[Path, list[str]]]:
         """Per tree scope (folder events, rescans), what the view held below it before."""

@@ -253,9 +253,10 @@ class Reply:
 
 
 def connect(sock: Path, timeout: float = 10.0) -> socket.socket:
+    """A connected socket; the connect itself blocks, as a Unix socket with a timeout would not."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(timeout)
     client.connect(str(sock))
+    client.settimeout(timeout)
     return client
 
 

@@ -36,7 +36,7 @@ _SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
+def wait_for(check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05,
              what: str = "condition", log: Callable[[], str] | None = None) -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` (and the log tail)."""
     deadline = time.monotonic() + timeout
@@ -160,7 +160,8 @@ class DaemonProcess:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return self.client.get("/v1/status")  # type: ignore[no-any-return]
+            found: dict[str, Any] = self.client.get("/v1/status")
+            return found
         except (DaemonUnavailable, ScanpixError):
             return None
 

@@ -53,6 +53,11 @@ def record_files(folder: Path) -> list[Path]:
     return sorted(records.iterdir()) if records.is_dir() else []
 
 
+def records_done(folder: Path) -> int:
+    """Records written so far (a temporary file is a write still under way)."""
+    return sum(1 for p in record_files(folder) if not is_temp_name(p.name))
+
+
 def assert_records_sound(folder: Path) -> int:
     """Every record file parses and describes its photo as it is; returns how many there are."""
     count = 0
@@ -74,7 +79,7 @@ def test_sigkill_mid_import_then_restart_loses_nothing(tmp_path: Path, library: 
     daemon.start()
     target = library / "import"
     os.rename(card, target)
-    wait_for(lambda: len(record_files(target)) >= 20, 60, 0.02, "the import to be under way", daemon.log)
+    wait_for(lambda: records_done(target) >= 20, 60, 0.02, "the import to be under way", daemon.log)
     daemon.kill()
     done_before = assert_records_sound(target)
     assert 20 <= done_before < 300, "the kill should land in the middle of the import"
@@ -104,7 +109,7 @@ def test_sigterm_stops_quickly_and_cleanly(tmp_path: Path, library: Path,
     daemon.start()
     target = library / "import"
     os.rename(card, target)
-    wait_for(lambda: len(record_files(target)) >= 10, 60, 0.02, "the import to be under way", daemon.log)
+    wait_for(lambda: records_done(target) >= 10, 60, 0.02, "the import to be under way", daemon.log)
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     took = time.monotonic() - started
@@ -191,3 +196,56 @@ def test_second_instance_and_index_are_refused(tmp_path: Path, library: Path,
 
     assert daemon.status() is not None, "the first daemon still serves"
     assert daemon.alive()
+
+
+def test_changes_while_stopped_are_found_at_start(library: Path, daemon: DaemonProcess) -> None:
+    """Whatever happened while the daemon was down is reconciled when it starts."""
+    changed, deleted, renamed = (make_photo(library / "x" / f"{n}.jpg", seed=i, size=(160, 120))
+                                 for i, n in enumerate(("changed", "deleted", "renamed")))
+    daemon.start()
+    first = {p: daemon.wait_record(p) for p in (changed, deleted, renamed)}
+    assert daemon.stop() == 0
+
+    make_photo(changed, seed=10, size=(200, 150))
+    deleted.unlink()
+    moved = library / "y" / "renamed-and-moved.jpg"
+    moved.parent.mkdir()
+    os.rename(renamed, moved)
+    new = make_photo(library / "y" / "new.jpg", seed=11, size=(160, 120))
+
+    daemon.start()
+    assert daemon.wait_record(changed, check=lambda r: r["hash"] != first[changed]["hash"])["size"] == \
+        changed.stat().st_size
+    assert daemon.wait_record(moved)["hash"] == first[renamed]["hash"]
+    daemon.wait_record(new)
+    daemon.wait_no_record(deleted)
+    daemon.wait_no_record(renamed)
+    daemon.wait_idle()
+    found = daemon.client.get("/v1/search", q=f'folder:"{library}"', limit=100)["results"]
+    assert {r["path"] for r in found} == {str(changed), str(moved), str(new)}
+    counts = daemon.indexed_counts()
+    assert (counts[str(changed)], counts[str(moved)], counts[str(new)]) == (2, 0, 1)
+
+
+def test_sighup_reload_changes_excludes(library: Path, daemon: DaemonProcess) -> None:
+    """Excludes change without a restart: the watcher, the rescan and the view all follow."""
+    hidden = make_photo(library / "Private" / "p.jpg", seed=1, size=(160, 120))
+    shown = make_photo(library / "Public" / "q.jpg", seed=2, size=(160, 120))
+    daemon.write_config([library], extra='exclude = ["Private/**"]')
+    daemon.start()
+    daemon.wait_record(shown)
+    daemon.wait_idle()
+    assert daemon.record(hidden) is None
+
+    daemon.write_config([library], extra='exclude = ["Public"]')
+    daemon.send(signal.SIGHUP)
+    daemon.wait_record(hidden)  # no longer excluded: found by the reload's rescan
+    later = make_photo(library / "Private" / "later.jpg", seed=3, size=(160, 120))
+    daemon.wait_record(later)  # and watched
+    wait_for(lambda: {r["path"] for r in daemon.client.get(
+        "/v1/search", q=f'folder:"{library}"', limit=100)["results"]} == {str(hidden), str(later)},
+        20, what="the view to serve exactly what is not excluded", log=daemon.log)
+    ignored = make_photo(library / "Public" / "r.jpg", seed=4, size=(160, 120))
+    daemon.wait_idle()
+    time.sleep(1.0)
+    assert daemon.record(ignored) is None

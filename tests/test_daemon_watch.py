@@ -211,3 +211,78 @@ def test_burst_of_a_thousand_files(live: Live) -> None:
     per_file = [counts[str(folder / n)] for n in records]
     assert per_file.count(1) == len(blobs), f"indexed more than once: {sum(per_file) - len(blobs)}"
     print(f"1,000 files indexed {elapsed:.1f} s after the first was written")
+
+
+def test_folder_arriving_with_its_index_is_trusted(live: Live) -> None:
+    """A folder synced or moved in with its ``.scanpix/`` is served as is, nothing recomputed."""
+    folder = live.folder("synced")
+    photos = [make_photo(folder / f"s{i}.jpg", seed=50 + i, size=(160, 120)) for i in range(3)]
+    for photo in photos:
+        live.daemon.wait_record(photo)
+    away = live.outside / "synced"
+    os.rename(folder, away)
+    wait_for(lambda: not live.in_view(folder), 10, what="the folder to leave", log=live.daemon.log)
+    os.rename(away, folder)
+    expected = {str(p) for p in photos}
+    wait_for(lambda: live.in_view(folder) == expected, 10, what="the folder to come back",
+             log=live.daemon.log)
+    live.daemon.wait_idle()
+    counts = live.daemon.indexed_counts()
+    assert all(counts[str(p)] == 1 for p in photos), "its records were used, not redone"
+
+
+def test_broken_file_is_recorded_failed_then_fixed(live: Live) -> None:
+    folder = live.folder("broken")
+    path = folder / "IMG_9999.jpg"
+    path.write_bytes(photo_bytes(60, size=(320, 240))[:300])  # a copy cut short
+    failed = live.daemon.wait_record(path)
+    assert failed["status"] == "failed" and failed["error"], failed
+    make_photo(path, seed=61, size=(320, 240))  # the complete file arrives later
+    fixed = live.daemon.wait_record(path, check=lambda r: r["status"] == "ok")
+    assert_describes(fixed, path)
+    assert live.daemon.alive()
+
+
+@pytest.fixture
+def cached(tmp_path: Path) -> Iterator[Live]:
+    """A daemon that keeps its data under the cache directory (read-only photo folders)."""
+    library, outside = tmp_path / "library", tmp_path / "outside"
+    library.mkdir()
+    outside.mkdir()
+    daemon = DaemonProcess(tmp_path / "daemon", [library], extra='write_mode = "cache"')
+    daemon.start()
+    try:
+        yield Live(daemon, library, outside)
+    finally:
+        daemon.close()
+
+
+def test_cache_mode_follows_renames_and_deletions(cached: Live) -> None:
+    # An emptied root with cached data looks like an unmounted disk and keeps its index, so
+    # another folder stays.
+    cached.daemon.wait_record(make_photo(cached.folder("2023") / "keep.jpg", seed=69, size=(160, 120)))
+    old = cached.folder("2024")
+    photos = [make_photo(old / f"c{i}.jpg", seed=70 + i, size=(160, 120)) for i in range(3)]
+    for photo in photos:
+        cached.daemon.wait_record(photo)
+    assert not (old / ".scanpix").exists(), "nothing is written beside the photos"
+
+    new = cached.library / "2024 Holidays"
+    os.rename(old, new)
+    renamed = [new / p.name for p in photos]
+    for photo, before in zip(renamed, photos, strict=True):
+        record = cached.daemon.wait_record(photo)
+        assert record["hash"] == content_hash(photo)
+        cached.daemon.wait_no_record(before)
+    wait_for(lambda: cached.in_view(new) == {str(p) for p in renamed}, 10, what="the view to follow")
+    counts = cached.daemon.indexed_counts()
+    assert all(counts[str(p)] == 0 for p in renamed), "moved records, not redone"
+
+    shutil.rmtree(new)
+    for photo in renamed:
+        cached.daemon.wait_no_record(photo)
+    wait_for(lambda: not cached.in_view(new), 10, what="the view to drop them")
+    cached.daemon.wait_idle()
+    left = [p.name for p in cached.daemon.cache.rglob("*") if p.is_file() and "2024" in str(p)
+            and p.name != "FORMAT"]
+    assert not left, f"records or thumbnails left in the cache: {left}"

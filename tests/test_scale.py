@@ -28,10 +28,13 @@ from tests.helpers_clip import TinyClip, tiny_clip_fixture  # noqa: F401 - the f
 COUNT = 150
 
 
-@pytest.fixture(name="library")
-def library_fixture(tmp_path: Path, tiny_clip: TinyClip) -> tuple[Path, Settings, synth.Summary]:
-    root = tmp_path / "photos"
-    settings = tiny_clip.apply(Settings(roots=[root], cache_dir=tmp_path / "cache", jobs=2))
+@pytest.fixture(name="library", scope="module")
+def library_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_clip: TinyClip
+                    ) -> tuple[Path, Settings, synth.Summary]:
+    """One library for the module: the tests only read it."""
+    base = tmp_path_factory.mktemp("scale")
+    root = base / "photos"
+    settings = tiny_clip.apply(Settings(roots=[root], cache_dir=base / "cache", jobs=2))
     settings.faces.enabled = False  # its readiness check loads dlib: seconds this test need not spend
     summary = synth.generate(root, synth.Spec(COUNT, per_folder=50, workers=4), settings)
     return root, settings, summary

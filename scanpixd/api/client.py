@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,14 +24,30 @@ class _UnixConnection(http.client.HTTPConnection):
         self.socket_path = socket_path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        """Connect, waiting (up to the timeout) while the daemon's listen queue is full.
+
+        A Unix socket with a timeout does not wait for room in that queue as a TCP one
+        would: ``connect`` fails at once with EAGAIN, which is "busy", not "no daemon".
+        """
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None else 60.0)
+        delay = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self.socket_path))
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 class Client:

@@ -44,6 +44,7 @@ REQUEST_TIMEOUT = 10.0  # to receive one whole request (or the next one on a kep
 WRITE_TIMEOUT = 10.0  # to hand a response to a client that does not read it
 MAX_CONNECTIONS = 128
 SLOT_WAIT = 2.0  # how long a new connection may wait for a free thread before a 503
+LISTEN_BACKLOG = 512  # connections the kernel holds while the accept loop is busy
 DRAIN_BYTES = 1024 * 1024  # unread input discarded at close, so the client gets the answer
 DRAIN_TIME = 0.5
 EXTRA_METHODS = ("PATCH", "OPTIONS")  # answered with 405 and the allowed methods
@@ -339,7 +340,9 @@ class ApiServer:
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve loop that must have started
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
         if self._owns_path:
             with contextlib.suppress(FileNotFoundError):
@@ -375,7 +378,7 @@ def _bind(path: Path, group: str) -> socket.socket:
         os.chmod(path, 0o660)
     else:
         os.chmod(path, 0o600)
-    sock.listen(64)
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 

@@ -135,7 +135,7 @@ class LazyModel(ABC):
         self._model = None
         self._state = "unavailable"
         self._error = reason
-        log.warning("%s model unavailable: %s", self.label, reason)
+        log.info("%s model unavailable: %s", self.label, reason)
 
     def _touch(self) -> None:
         self._last_used = time.monotonic()

@@ -42,7 +42,7 @@ from scanpixd.store.ann import matvec
 
 log = logging.getLogger(__name__)
 
-SAMPLE_SIZE = 2048  # library vectors that tell what a "typical" score is for a term
+SAMPLE_SIZE = 1024  # library vectors that tell what a "typical" score is for a term
 SIMILAR_IMAGE_SIZE = 448  # long side a similar: image is read at (twice the model input)
 
 
@@ -67,6 +67,7 @@ class _Term:
     vectors: np.ndarray  # (m, dim) unit rows; an item's similarity is the max over them
     weight: float
     negative: bool
+    image: bool = False  # a similar: term (relative floor) rather than text
     floor: float = 0.0
     typical: float = 0.0
 
@@ -101,7 +102,7 @@ def _resolve_terms(library: Library, query: Query, cwd: Path | None) -> list[_Te
                                                                                  strict=True)]
     for s in query.similar:
         terms.append(_Term(f"similar:{s.path}", _similar_vectors(library, s, cwd), s.weight,
-                           s.negative))
+                           s.negative, image=True))
     _calibrate(library, terms)
     return terms
 
@@ -162,7 +163,7 @@ def _calibrate(library: Library, terms: list[_Term]) -> None:
             raise ModelUnavailable(f"the library's vectors have width {sample.shape[1]} but "
                                    f"the model gives {term.vectors.shape[1]}; reindex")
         term.typical = _median(term.similarity(sample)) if sample is not None else 0.0
-        if term.label.startswith("similar:"):
+        if term.image:
             term.floor = term.typical + settings.similar_floor * (1.0 - term.typical)
         else:
             term.floor = settings.score_floor
@@ -229,7 +230,7 @@ def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
     if selected is not None:
         subset = np.concatenate([i.rows for i in selected]) if selected else np.zeros(0, np.int64)
     available = len(vectors) if subset is None else subset.size
-    k = min(available, 4 * limit + 64)
+    k = min(available, limit + 32)  # grows when too few pass the floor
     while True:
         rows, _ = vectors.search(query, k, subset)
         best, lowest = _score_rows(library, rows, terms, total)

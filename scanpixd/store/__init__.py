@@ -45,8 +45,8 @@ class Store:
         in_folder = folder / DATA_DIR_NAME
         cached = self.cache_location(folder)
         if self.write_mode == "cache" or not _writable(folder, in_folder):
-            return FolderStore(folder, cached, [cached, in_folder])
-        return FolderStore(folder, in_folder, [in_folder])
+            return FolderStore(folder, cached, [cached, in_folder], self.cache_dir)
+        return FolderStore(folder, in_folder, [in_folder], self.cache_dir)
 
     def cache_location(self, folder: Path) -> Path:
         """The same layout under the cache directory, mirroring the folder's absolute path."""

@@ -333,13 +333,14 @@ def build_graph(vectors: np.ndarray, labels: np.ndarray | None = None, capacity:
 def matvec(matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """``matrix @ vectors.T``: one column per vector (a single vector gives a flat array).
 
-    Written as a product with a contiguous column block: OpenBLAS's threaded
-    matrix-vector kernel is several times slower than this on a busy two-core machine.
+    numpy's own loop, not BLAS: on a busy two-core machine OpenBLAS's threads make a
+    small product take milliseconds now and then; this one is steady and as fast for the
+    sizes search uses.
     """
     vectors = np.asarray(vectors, dtype=np.float32)
-    columns = np.ascontiguousarray(vectors.reshape(-1, matrix.shape[1]).T)
-    out = matrix @ columns
-    return out[:, 0] if vectors.ndim == 1 else out
+    if vectors.ndim == 1:
+        return np.einsum("ij,j->i", matrix, vectors)
+    return np.einsum("ij,kj->ik", matrix, vectors)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -466,8 +467,12 @@ class VectorSet:
                     return self._graph_search(query, k)
                 except RuntimeError:  # too few live neighbours reachable: answer exactly
                     pass
-            candidates = self.live_rows() if rows is None else rows[self._alive[rows]]
-            scores = matvec(self._matrix[candidates], query)
+            if rows is None:  # every row: no gather copy of the whole matrix
+                candidates = np.flatnonzero(self._alive[: self._size])
+                scores = matvec(self._matrix[: self._size], query)[candidates]
+            else:
+                candidates = rows[self._alive[rows]]
+                scores = matvec(self._matrix[candidates], query)
         top = _top(scores, min(k, scores.size))
         return candidates[top], scores[top]
 

@@ -10,7 +10,9 @@ Layout (relative to the data directory, normally ``<folder>/.scanpix/``)::
     index/                      derived ANN indexes (rebuildable from records)
 
 Everything is named relative to the folder or by content hash, so the directory stays
-valid when the folder is moved, renamed or synced to another machine.
+valid when the folder is moved, renamed or synced to another machine.  A listing of the
+records (``records(full=False)``) may come from a machine-local cache outside this
+directory (:mod:`scanpixd.store.record_cache`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from scanpixd.record import Record, decode_name
-from scanpixd.store import atomic
+from scanpixd.store import atomic, record_cache
 from scanpixd.store.migrations import NewerFormat, migrate
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,15 @@ class FolderStore:
 
     ``data_dir`` is where writes go; ``read_dirs`` lists every place a record may be
     found, the write location first (a read-only folder synced with its ``.scanpix/``
-    is read from the folder while new work goes to the cache directory).
+    is read from the folder while new work goes to the cache directory).  ``cache_dir``,
+    when given, holds the machine-local cache that answers ``records(full=False)``.
     """
 
-    def __init__(self, folder: Path, data_dir: Path, read_dirs: list[Path]):
+    def __init__(self, folder: Path, data_dir: Path, read_dirs: list[Path], cache_dir: Path | None = None):
         self.folder = folder
         self.data_dir = data_dir
         self.read_dirs = read_dirs
+        self.cache_dir = cache_dir
         self._write_lock = threading.RLock()
 
     # -- paths ---------------------------------------------------------------------
@@ -88,13 +92,33 @@ class FolderStore:
                 return record
         return None
 
-    def records(self) -> dict[str, Record]:
-        """Every valid record of this folder, by file name; sync conflicts resolved."""
+    def records(self, full: bool = True) -> dict[str, Record]:
+        """Every valid record of this folder, by file name; sync conflicts resolved.
+
+        ``full=False`` may leave out each record's raw metadata dump
+        (:func:`record_cache.slim`) and is then answered from the machine-local cache:
+        a listing to read, never a record to modify and write back.
+        """
         found: dict[str, Record] = {}
         for base in reversed(self.read_dirs):  # the write location wins
-            for record in self._scan_records(base / "records"):
+            directory = base / "records"
+            listed = self._scan_records(directory) if full else self._scan_slim(directory)
+            for record in listed:
                 found[decode_name(record)] = record
         return found
+
+    def _scan_slim(self, directory: Path) -> Iterable[Record]:
+        if self.cache_dir is None:
+            return self._scan_records(directory)
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return ()
+        names = [e for e in entries if e.name.endswith(".json") and not atomic.is_temp_name(e.name)]
+        if any(_CONFLICT.search(e.name) for e in names):
+            return self._scan_records(directory)  # resolved (and rewritten) on the full path
+        cache = record_cache.cache_file(self.cache_dir, directory)
+        return record_cache.read_slim(directory, cache, names, _load_record).values()
 
     def _scan_records(self, directory: Path) -> Iterator[Record]:
         try:
@@ -166,7 +190,7 @@ class FolderStore:
             self.record_path(name).unlink()
         if record is not None:
             if live_hashes is None:
-                live_hashes = {str(r.get("hash")) for r in self.records().values()}
+                live_hashes = {str(r.get("hash")) for r in self.records(full=False).values()}
             if record.get("hash") not in live_hashes:
                 self.remove_assets(record)
         return record
