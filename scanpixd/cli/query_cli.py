@@ -133,15 +133,21 @@ def _show_results(data: dict[str, Any], as_json: bool, as_paths: bool, links_dir
 
 
 @main.command(cls=_QueryCommand)
-@click.argument("query", nargs=-1, required=True)
+@click.argument("query", nargs=-1)
 @click.option("-n", "--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--query", "query_text", metavar="TEXT",
+              help="The whole query as one text, read as typed in a search box (for scripts).")
 @_common
 @reports_errors
 @_library_errors
-def search(query: tuple[str, ...], limit: int, config_path: Path | None, as_json: bool, as_paths: bool,
-           links_dir: Path | None, open_links: bool, direct: bool) -> None:
+def search(query: tuple[str, ...], limit: int, query_text: str | None, config_path: Path | None,
+           as_json: bool, as_paths: bool, links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Search by meaning and filters, e.g. `"dog on the beach" date:2023 -snow`."""
-    parsed = parse(list(query))  # early, with the position of any error
+    if (query_text is None) == (not query):
+        raise UsageError("give the query as arguments or as --query TEXT (one of the two)")
+    # Early, with the position of any error.  Arguments are argv-style (`camera:Canon EOS`
+    # is one filter); --query is plain query text, as a search box would send it.
+    parsed = parse(query_text) if query_text is not None else parse(list(query))
     parsed = _absolute_similar(parsed)
     backend = _backend(config_path, direct)
     data = backend.search(str(parsed), limit)

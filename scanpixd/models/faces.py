@@ -114,11 +114,36 @@ class FaceModel(LazyModel):
         super().__init__(idle_unload=settings.idle_unload)
         self.settings = settings
         self._infer = threading.Lock()  # dlib's detector and network keep per-call state
+        self._files_present: bool | None = None
 
     @property
     def model_id(self) -> str:
         """Names the encoder and detector, for the faces stage's version key."""
         return f"{ENCODER_ID}/{self.settings.detector}"
+
+    def can_load(self) -> bool:
+        """Cheap: whether dlib and the model files are there, without loading anything.
+
+        Rescans ask this for every folder; loading the models to learn that (seconds, and
+        again after every idle unload) would stall the daemon's quick path.
+        """
+        if self.state == "unavailable":
+            return False
+        if self._files_present is None:
+            try:
+                directory = model_directory(self.settings.model_dir)
+                present = importlib.util.find_spec("dlib") is not None and all(
+                    (directory / name).is_file() for name in self._needed_files())
+            except ModelUnavailable:
+                present = False
+            self._files_present = present
+        return self._files_present
+
+    def _needed_files(self) -> list[str]:
+        needed = [_LANDMARKS_FILE, _ENCODER_FILE]
+        if self.settings.detector == "cnn":
+            needed.append(_CNN_FILE)
+        return needed
 
     def _load(self) -> _Loaded:
         try:
@@ -126,10 +151,7 @@ class FaceModel(LazyModel):
         except ImportError as exc:
             raise ModelUnavailable(f"dlib is not installed (pip install dlib-bin): {exc}") from exc
         directory = model_directory(self.settings.model_dir)
-        needed = [_LANDMARKS_FILE, _ENCODER_FILE]
-        if self.settings.detector == "cnn":
-            needed.append(_CNN_FILE)
-        missing = [name for name in needed if not (directory / name).is_file()]
+        missing = [name for name in self._needed_files() if not (directory / name).is_file()]
         if missing:
             raise ModelUnavailable(f"face model files missing in {directory}: {', '.join(missing)}")
         cnn = self.settings.detector == "cnn"

@@ -48,7 +48,7 @@ class FacesStage(Stage):
         return (record.get("media") or {}).get("kind") in ("image", "video")
 
     def is_ready(self) -> bool:
-        return self.model.available
+        return self.model.can_load()
 
     def run(self, job: Job) -> None:
         if (job.record.get("media") or {}).get("kind") == "video":
