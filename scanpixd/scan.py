@@ -308,6 +308,7 @@ def _take_moved(item: WorkItem, vanished: dict[str, list[_Vanished]], plan: Plan
     _rewrite_identity(item.folder, record, item.name, item)
     same_place = source.folder.data_dir == item.folder.data_dir
     source.folder.remove(source.name, live_hashes={item.hash} if same_place else None)
+    plan.deleted.append((source.folder, source.name))
     plan.moved += 1
     return True
 

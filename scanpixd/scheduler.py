@@ -72,6 +72,7 @@ class Scheduler:
         self.on_deleted = on_deleted or (lambda keys: None)
         self.view = view  # what the library view holds, to follow folders that moved as a whole
         self.counters = Counters()
+        self.queue_size = max(1, indexer.settings.daemon.queue_size)
         self.upkeep = upkeep or (lambda: None)
         self.upkeep_interval = upkeep_interval
         self._upkeep_due: float | None = None  # monotonic time the library passes are due
@@ -132,6 +133,10 @@ class Scheduler:
         """Note a scope; ``ready`` None with ``trust`` means every file in it is complete."""
         key = (path, recursive)
         with self._lock:
+            root = self._root_of_locked(path)
+            if root is not None and key != (root, True) and self._scopes.get((root, True), ()) is None:
+                self._wake.set()
+                return  # a rescan of the whole root is already due
             current = self._scopes.get(key, set())
             if current is None:
                 pass  # already trusting the whole scope
@@ -141,7 +146,18 @@ class Scheduler:
                 if ready is not None:
                     current.add(ready)
                 self._scopes[key] = current
+            if len(self._scopes) + sum(len(r) for r in self._scopes.values() if r) > self.queue_size:
+                self._collapse_to_roots()
         self._wake.set()
+
+    def _collapse_to_roots(self) -> None:
+        """Too many pending changes: replace them by a rescan of their roots (lock held).
+
+        The queue stays bounded however large an import is; a rescan finds the same work.
+        """
+        roots = {self._root_of_locked(path) for path, _ in self._scopes}
+        log.warning("over %d pending changes; rescanning %d roots instead", self.queue_size, len(roots))
+        self._scopes = {(root, True): None for root in roots if root is not None}
 
     # -- the work loop ----------------------------------------------------------------------
     def pending(self) -> dict[str, int]:
@@ -295,8 +311,10 @@ class Scheduler:
 
     def _root_of(self, path: Path) -> Path | None:
         with self._lock:
-            roots = sorted(self.roots, key=lambda r: len(str(r)), reverse=True)
-        for root in roots:
+            return self._root_of_locked(path)
+
+    def _root_of_locked(self, path: Path) -> Path | None:
+        for root in sorted(self.roots, key=lambda r: len(str(r)), reverse=True):
             if path == root or root in path.parents:
                 return root
         return None
