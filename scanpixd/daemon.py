@@ -189,6 +189,7 @@ class Daemon:
         self.notifier.stop_watchdog()
         if self.api is not None:
             self.api.close()
+        self.service.close()
         self.indexer.close()
         self.lock.release()
         log.info("stopped")

@@ -39,7 +39,8 @@ def present(record: Record, folder: FolderStore) -> dict[str, Any]:
     for key in ("media", "metadata", "hashes", "quality", "taken", "place"):
         if key in record:
             out[key] = record[key]
-    out["thumbs"] = {size: str(folder.asset_path(name)) for size, name in (record.get("thumbs") or {}).items()}
+    thumbs = record.get("thumbs") or {}
+    out["thumbs"] = {size: str(folder.asset_path(name)) for size, name in thumbs.items()}
     if record.get("preview"):
         out["preview"] = {k: str(folder.asset_path(v, "previews")) for k, v in record["preview"].items()}
     if "faces" in record:

@@ -88,6 +88,10 @@ class LibraryService:
     def set_roots(self, roots: list[Path]) -> None:
         self.load(roots)
 
+    def close(self) -> None:
+        """Save what is worth keeping across restarts (the library-wide vector graph)."""
+        self.library.close()
+
     def count(self) -> int:
         return len(self.library)
 

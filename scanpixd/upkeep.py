@@ -72,8 +72,8 @@ def refresh_vector_indexes(folders: Iterable[tuple[FolderStore, dict[str, Record
         return 0
     count = 0
     for folder, records in folders:
-        if not any("clip" in r for r in records.values()):
-            continue
+        if not any("clip" in r for r in records.values()) and ann.read_meta(folder) is None:
+            continue  # no vectors and no index: nothing to build or to remove
         try:
             ann.load_or_rebuild(folder, records, model_id)
             count += 1
