@@ -201,7 +201,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=f"{key}.")
+        return _build(typing.cast(type, tp), value, prefix=f"{key}.")
     origin = typing.get_origin(tp)
     if isinstance(value, _EnvValue):
         value = _parse_env(tp, origin, value)

@@ -124,8 +124,8 @@ class Indexer:
 
     def finish(self, plan: Plan, roots: list[Path]) -> None:
         """Library-wide passes after a run: orphans swept, times inferred, vector indexes."""
-        entries = []
-        folders = []
+        entries: list[tuple[FolderStore, str, Record]] = []
+        folders: list[tuple[FolderStore, dict[str, Record]]] = []
         for folder in plan.folders:
             if not folder.exists():
                 continue

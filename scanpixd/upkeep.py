@@ -54,11 +54,11 @@ def update_times(entries: Iterable[tuple[FolderStore, str, Record]], roots: list
     written: list[Key] = []
     for key, taken in changed.items():
         folder, name = where[key]
-        record = folder.read(name)
-        if record is None:
+        current = folder.read(name)
+        if current is None:
             continue
-        record["taken"] = taken
-        if folder.write_if_unchanged(record):
+        current["taken"] = taken
+        if folder.write_if_unchanged(current):
             written.append((folder, name))
     if written:
         log.info("time inference updated %d records", len(written))

@@ -193,7 +193,8 @@ def test_read_only_folder_writes_to_the_cache_directory(tmp_path, isolated_env):
     if os.geteuid() == 0:  # root ignores permissions: make it a read-only mount instead
         if shutil.which("unshare") is None:
             pytest.fail("unshare (util-linux) is needed to test a read-only folder as root")
-        script = f"mount --bind -o ro {lib} {lib} && exec python3 -m scanpixd.cli.daemon_cli {' '.join(cmd[1:])}"
+        index_cmd = f"exec python3 -m scanpixd.cli.daemon_cli {' '.join(cmd[1:])}"
+        script = f"mount --bind -o ro {lib} {lib} && {index_cmd}"
         done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
                               env={**os.environ, **isolated_env}, timeout=300)
     else:

@@ -17,6 +17,7 @@ import click
 from scanpixd.cli import output
 from scanpixd.cli.backend import connect, open_backend
 from scanpixd.cli.common import config_option, reports_errors, settings_from
+from scanpixd.duplicates import Group, Member
 from scanpixd.errors import UsageError
 from scanpixd.query.parser import parse
 
@@ -262,7 +263,7 @@ def _act(groups: list[dict[str, Any]], xmp: bool, move_to: Path | None, apply_pl
     if xmp and move_to:
         raise UsageError("choose --xmp or --move-to, not both")
     settings = settings_from(config_path)
-    views = [_GroupView(g) for g in groups]
+    views = [_group(g) for g in groups]
     roots = settings.roots or ([path] if path else [])
     if xmp:
         first = Path(groups[0]["best"]) if groups else path or Path.cwd()
@@ -297,14 +298,11 @@ def _undo(journal: Path, as_json: bool) -> None:
         click.echo(f"left alone: {skipped} ({why})")
 
 
-class _GroupView:
-    """A group as the API returns it, with the attributes the actions read."""
-
-    def __init__(self, group: dict[str, Any]):
-        self.kind = group["kind"]
-        self.best = SimpleNamespace(path=Path(group["best"]))
-        self.members = [SimpleNamespace(path=m["path"], score=m.get("score"), reasons=m.get("reasons"))
-                        for m in group["members"]]
+def _group(group: dict[str, Any]) -> Group:
+    """A group as the API returns it (JSON), back as the object the actions take."""
+    members = [Member(m["path"], m.get("score") or 0.0, list(m.get("reasons") or []))
+               for m in group["members"]]
+    return Group(group["kind"], SimpleNamespace(path=Path(group["best"])), members)
 
 
 @main.command()
