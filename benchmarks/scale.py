@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import synth
+from scanpixd.api.client import Client
 from scanpixd.config import Settings
 from scanpixd.errors import ScanpixError
 from tests.helpers_daemon import DaemonProcess
@@ -206,6 +207,10 @@ class ScaleDaemon(DaemonProcess):
     def write_config(self, roots: Any, extra: str = "") -> None:
         write_config(self.config, self._settings, self.socket)
 
+    @property
+    def client(self) -> Client:
+        return Client(self.socket, timeout=600.0)  # a slow answer is a figure, not a failure
+
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -236,26 +241,24 @@ class ScaleDaemon(DaemonProcess):
 
 def bench_daemon(report: Report, base: Path, settings: Settings, manifest: dict[str, Any], count: int,
                  queries: int) -> None:
+    """Two starts: the first builds what a first start builds (listing caches, the vector
+    graph, saved on stop); the second is every start after, and serves the queries."""
     daemon = ScaleDaemon(base / "daemon", settings)
-    started = time.perf_counter()
-    daemon.start(wait=False)
     try:
-        daemon.wait_serving(timeout=600)
-        loaded = time.perf_counter() - started
-        load_cpu = daemon.cpu_seconds()
-        client = daemon.client
-        client.timeout = 600
-        client.get("/v1/search", q=FILTERS[0], limit=10)
-        serving = time.perf_counter() - started
+        loaded, cpu, _ = _start(daemon)
+        settled = daemon.settle()
+        report.add("first daemon start → library loaded", f"{loaded:.2f} s", note=f"daemon CPU {cpu:.1f} s; "
+                   f"builds the listing caches, then {settled:.0f} s busy (rescan, vector graph)")
+        daemon.stop(timeout=180)  # saves the vector graph
+        loaded, cpu, serving = _start(daemon)
         report.add("daemon start → library loaded", f"{loaded:.2f} s", "< 10 s at 100k", loaded < 10,
-                   f"daemon CPU {load_cpu:.1f} s by then")
+                   f"daemon CPU {cpu:.1f} s by then")
         report.add("daemon start → first query answered", f"{serving:.2f} s", "< 10 s at 100k", serving < 10)
         first = time.perf_counter()
-        client.get("/v1/search", q=manifest["concepts"][0], limit=10)
-        report.add("first text query (loads ViT-B-32)", f"{time.perf_counter() - first:.2f} s",
-                   note=f"{time.perf_counter() - started:.1f} s after start")
+        daemon.client.get("/v1/search", q=manifest["concepts"][0], limit=10)
+        report.add("first text query (loads ViT-B-32)", f"{time.perf_counter() - first:.2f} s")
         settled = daemon.settle()
-        report.add("daemon busy after start (rescan, vector graph)", f"{settled:.1f} s",
+        report.add("daemon busy after start (rescan)", f"{settled:.1f} s",
                    note="until its CPU use stays under 5 % for 3 s")
         _queries(report, daemon, manifest, queries)
         _similar(report, daemon, settings.roots[0], manifest, max(10, queries // 4))
@@ -266,6 +269,17 @@ def bench_daemon(report: Report, base: Path, settings: Settings, manifest: dict[
         _reference_cli(report, settings, daemon.base, _last_p50)
     finally:
         daemon.close()
+
+
+def _start(daemon: ScaleDaemon) -> tuple[float, float, float]:
+    """Seconds to the library loaded, daemon CPU seconds by then, seconds to a first answer."""
+    started = time.perf_counter()
+    daemon.start(wait=False)
+    daemon.wait_serving(timeout=900)
+    loaded = time.perf_counter() - started
+    cpu = daemon.cpu_seconds()
+    daemon.client.get("/v1/search", q=FILTERS[0], limit=10)
+    return loaded, cpu, time.perf_counter() - started
 
 
 _last_p50: list[float] = []

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ from scanpixd.record import Record, new_record
 from scanpixd.scan import Plan, WorkItem, reconcile
 from scanpixd.store import FolderStore, Store
 from scanpixd.upkeep import refresh_vector_indexes, update_times
+from scanpixd.workers import CheapPool, PoolUnusable
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+PROCESS_BATCH = 8  # files from which the cheap tier goes to worker processes
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Indexer:
         self.services = services or Services(settings)
         self.stages = stages if stages is not None else build_stages(self.services)
         self.jobs = max(1, jobs or settings.jobs)
+        # Worker processes run the standard stages; custom stage lists stay in threads.
+        self._pool = CheapPool(settings, self.jobs) if stages is None and self.jobs > 1 else None
         self.progress = progress or (lambda phase, done, total: None)
         self.stop = stop or threading.Event()
 
@@ -149,34 +154,87 @@ class Indexer:
 
     # -- cheap tier -----------------------------------------------------------------
     def run_cheap(self, items: Sequence[WorkItem], summary: Summary) -> None:
+        """The cheap stages for ``items``: in worker processes for large batches (see
+        :mod:`scanpixd.workers`), in threads for a few files, where a process hop would
+        cost more than it saves."""
         todo = [i for i in items if i.reason != "stale" or self._pending(i.record, Tier.CHEAP)]
+        if not todo:
+            return
+        pool = self._pool if self._pool is not None and len(todo) >= PROCESS_BATCH else None
         total, done = len(todo), 0
         batch_size = max(1, self.settings.exiftool.batch_size)
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as pool:
-            in_flight: list[Future[Record | None]] = []
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as threads:
+            in_flight: list[tuple[WorkItem, dict[str, Any] | None, Future[Record]]] = []
             for batch in _chunks(todo, batch_size):
                 if self.stop.is_set():
                     break
                 metadata = self._prefetch_metadata(batch)
                 for item in batch:
-                    in_flight.append(pool.submit(self._cheap_one, item, metadata.get(item.path)))
+                    meta = metadata.get(item.path)
+                    record = self._record_for(item)
+                    future = (pool.submit(item.folder, item.path, record, meta) if pool is not None
+                              else threads.submit(self._run_cheap_stages, item, record, meta))
+                    in_flight.append((item, meta, future))
                 while len(in_flight) > 2 * batch_size:
                     done += self._collect(in_flight.pop(0), summary, total, done)
-            for future in in_flight:
-                done += self._collect(future, summary, total, done)
+            for entry in in_flight:
+                done += self._collect(entry, summary, total, done)
 
-    def _collect(self, future: Future[Record | None], summary: Summary, total: int, done: int) -> int:
-        record = future.result()
-        if record is not None:
-            status = record.get("status")
-            if status == "failed":
-                summary.failed += 1
-            elif status == "skipped":
-                summary.skipped += 1
-            else:
-                summary.indexed += 1
+    def _record_for(self, item: WorkItem) -> Record:
+        if item.reason == "stale" and item.record is not None:
+            return item.record
+        assert item.hash is not None
+        return new_record(item.name, item.size, item.mtime_ns, item.hash)
+
+    def _run_cheap_stages(self, item: WorkItem, record: Record,
+                          metadata: dict[str, Any] | None) -> Record:
+        if self.stop.is_set():
+            raise CancelledError  # stopping: files not started are left for the next run
+        run_stages(self.stages, Job(item.path, item.folder, record, metadata=metadata), Tier.CHEAP)
+        return record
+
+    def _collect(self, entry: tuple[WorkItem, dict[str, Any] | None, Future[Record]],
+                 summary: Summary, total: int, done: int) -> int:
+        item, metadata, future = entry
+        if self.stop.is_set():
+            future.cancel()  # only succeeds for work not yet started
+        try:
+            record = future.result()
+        except CancelledError:
+            return 1
+        except BrokenProcessPool:
+            record = self._retry_alone(item, metadata)
+        self._write(item, record, summary)
         self.progress("index", done + 1, total)
         return 1
+
+    def _retry_alone(self, item: WorkItem, metadata: dict[str, Any] | None) -> Record:
+        """A worker died: retry its file alone, or in this process if workers cannot run."""
+        record = self._record_for(item)
+        if self._pool is not None:
+            try:
+                return self._pool.retry_alone(item.folder, item.path, record, metadata)
+            except PoolUnusable as exc:
+                log.warning("%s; indexing in threads instead", exc)
+                self._pool.close()
+                self._pool = None
+        return self._run_cheap_stages(item, record, metadata)
+
+    def _write(self, item: WorkItem, record: Record, summary: Summary) -> None:
+        try:
+            item.folder.write(record)
+        except OSError as exc:
+            log.error("%s: cannot write its record: %s", item.path, exc.strerror or exc)
+            return
+        status = record.get("status")
+        if status == "failed":
+            summary.failed += 1
+        elif status == "skipped":
+            summary.skipped += 1
+        else:
+            summary.indexed += 1
+        if item.reason != "stale":
+            log.info("indexed %s", item.path)
 
     def _prefetch_metadata(self, batch: list[WorkItem]) -> dict[Path, dict[str, Any]]:
         needs = [i.path for i in batch if i.reason != "stale" or self._stage_pending(i.record, "metadata")]
@@ -187,25 +245,6 @@ class Indexer:
         except Exception as exc:  # exiftool missing or broken: the stage falls back to Pillow
             log.debug("metadata prefetch failed: %s", exc)
             return {}
-
-    def _cheap_one(self, item: WorkItem, metadata: dict[str, Any] | None) -> Record | None:
-        if self.stop.is_set():
-            return None
-        if item.reason == "stale" and item.record is not None:
-            record = item.record
-        else:
-            assert item.hash is not None
-            record = new_record(item.name, item.size, item.mtime_ns, item.hash)
-        job = Job(item.path, item.folder, record, metadata=metadata)
-        run_stages(self.stages, job, Tier.CHEAP)
-        try:
-            item.folder.write(record)
-        except OSError as exc:
-            log.error("%s: cannot write its record: %s", item.path, exc.strerror or exc)
-            return None
-        if item.record is None or item.reason != "stale":
-            log.info("indexed %s", item.path)
-        return record
 
     # -- background and model tiers ------------------------------------------------------
     def run_later(self, keys: Sequence[tuple[FolderStore, str]], tier: Tier, summary: Summary) -> None:
@@ -263,6 +302,8 @@ class Indexer:
         return record is None or bool(pending([s for s in self.stages if s.name == name], record))
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close(cancel=True)
         self.services.close()
 
 

@@ -168,7 +168,7 @@ def reconcile_scopes(
     due = _Due(stages)
     candidates: list[WorkItem] = []
     vanished: dict[str, list[_Vanished]] = {}
-    live_by_hash: dict[str, tuple[FolderStore, str, Record]] = {}
+    live_by_hash: dict[str, tuple[FolderStore, str, object]] = {}  # hash: (folder, name, status)
     for scope in scopes:
         if not root_is_online(scope.root, store):
             log.warning("root %s is offline (missing or not mounted); its index is kept", scope.root)
@@ -236,10 +236,10 @@ def _classify_folder(
     plan: Plan,
     candidates: list[WorkItem],
     vanished: dict[str, list[_Vanished]],
-    live_by_hash: dict[str, tuple[FolderStore, str, Record]],
+    live_by_hash: dict[str, tuple[FolderStore, str, object]],
 ) -> None:
     folder = store.folder(listing.folder)
-    records = folder.records(full=False) if folder.exists() else {}
+    records = folder.records(full=False, view="scan") if folder.exists() else {}
     if records or listing.files:
         plan.folders.append(folder)
     for name, st in listing.files.items():
@@ -247,7 +247,8 @@ def _classify_folder(
             continue
         record = records.get(name)
         if record is not None and _same_stat(record, st):
-            live_by_hash.setdefault(str(record["hash"]), (folder, name, record))
+            # strings only: 100k records kept alive would make every garbage collection slow
+            live_by_hash.setdefault(str(record["hash"]), (folder, name, record.get("status")))
             if not due(record):
                 plan.unchanged += 1
                 continue
@@ -314,14 +315,14 @@ def _take_moved(item: WorkItem, vanished: dict[str, list[_Vanished]], plan: Plan
 
 
 def _take_copy(item: WorkItem,
-               live_by_hash: dict[str, tuple[FolderStore, str, Record]], plan: Plan) -> bool:
+               live_by_hash: dict[str, tuple[FolderStore, str, object]], plan: Plan) -> bool:
     """An exact copy of a file already indexed reuses its results instead of recomputing."""
     assert item.hash is not None
     found = live_by_hash.get(item.hash)
-    if found is None or found[2].get("status") != "ok":
+    if found is None or found[2] != "ok":
         return False
-    source_folder, source_name, source_record = found
-    record = _stored(source_folder, source_name, source_record)
+    source_folder, source_name, _ = found
+    record = _stored(source_folder, source_name, {"hash": item.hash})
     if record is None:
         return False
     _copy_assets(source_folder, item.folder, record)
@@ -360,7 +361,8 @@ def _remove_vanished(vanished: dict[str, list[_Vanished]], plan: Plan) -> None:
     for entries in by_folder.values():
         folder = entries[0].folder
         gone = {e.name for e in entries}
-        live = {str(r.get("hash")) for n, r in folder.records(full=False).items() if n not in gone}
+        live = {str(r.get("hash")) for n, r in folder.records(full=False, view="scan").items()
+                if n not in gone}
         for entry in entries:
             folder.remove(entry.name, live_hashes=live)
             plan.deleted.append((folder, entry.name))

@@ -270,7 +270,7 @@ def request(sock: Path, data: bytes, timeout: float = 10.0, half_close: bool = T
 
 
 def read_all(client: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = client.recv(65536)
         if not chunk:

@@ -97,18 +97,26 @@ def test_a_text_search_loads_the_model_once_and_equals_direct_mode(semantic: Sem
 
 
 def test_a_similar_query_with_filters_equals_direct_mode(semantic: Semantic):
-    query = f"similar:{semantic.photo} -folder:edits"
-    through = semantic.client.post("/v1/search", q=query, limit=10)
-    same_results(through, direct(semantic, query))
-    assert not any("/edits/" in r["path"] for r in through["results"])
-    out = scanpix_query(query, "--json", "--config", str(semantic.config), env=semantic.env)
+    words = (f"similar:{semantic.photo}", "-folder:edits")
+    through = semantic.client.post("/v1/search", q=" ".join(words), limit=10)
+    same_results(through, direct(semantic, *words))
+    assert through["results"] and not any("/edits/" in r["path"] for r in through["results"])
+    out = scanpix_query(*words, "--json", "--config", str(semantic.config), env=semantic.env)
     assert out.returncode == 0, out.stderr
     same_results(orjson.loads(out.stdout), through)
 
 
 def test_the_daemon_never_reads_an_image_outside_its_roots(semantic: Semantic):
-    """(Direct mode embeds any image: the engine's own tests cover that.)"""
     with pytest.raises(ScanpixError, match="outside the library's roots"):
         semantic.client.post("/v1/similar", path=str(semantic.outside))
     with pytest.raises(ScanpixError, match="outside the library's roots"):
         semantic.client.post("/v1/search", q=f"dog similar:{semantic.outside}")
+
+
+def test_the_cli_compares_an_image_outside_the_roots_itself(semantic: Semantic):
+    """The daemon runs, but ``similar`` an image elsewhere is embedded by the CLI's own model."""
+    out = scanpix_query("similar", str(semantic.outside), "--json", "--config", str(semantic.config),
+                        env=semantic.env)
+    assert out.returncode == 0, out.stderr
+    found = [Path(r["path"]) for r in orjson.loads(out.stdout)["results"]]
+    assert found[0] in {semantic.photo, *semantic.copies}  # the same picture, inside the library

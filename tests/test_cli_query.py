@@ -266,3 +266,16 @@ def test_open_without_xdg_open_says_where_the_results_are(cli: Cli, tmp_path: Pa
     assert out.returncode == 2
     assert f"the results are in {folder}" in out.stderr
     assert len(links_in(folder)) == 3
+
+
+@BOTH
+def test_query_option_reads_one_text_as_a_search_box_would(cli: Cli, direct: bool):
+    """As arguments, ``folder:misc date:2023-06`` is one folder filter (shell quoting stripped);
+    through ``--query`` it is the query language's text: two filters."""
+    out = cli.run("search", "--query", "-folder:misc date:2023-06", "--paths", direct=direct)
+    assert out.returncode == 0, out.stderr
+    assert sorted(Path(p).name for p in out.stdout.splitlines()) == ["IMG_0101.jpg", "IMG_0102.jpg",
+                                                                     "IMG_0103.jpg"]
+    both = cli.run("search", "--query", "type:photo", "date:2023", direct=direct)
+    assert both.returncode == 2
+    assert "one of the two" in both.stderr

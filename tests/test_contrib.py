@@ -107,13 +107,22 @@ def run_nautilus(desktop: Desktop, script: str, selected: list[Path], cwd: Path,
                           capture_output=True, text=True, timeout=180)
 
 
+class DesktopEntry(configparser.ConfigParser):
+    """A .desktop file: INI groups whose keys are case-sensitive."""
+
+    def __init__(self, path: Path):
+        super().__init__(interpolation=None, strict=True)
+        self.read(path, encoding="utf-8")
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def dolphin_actions() -> dict[str, tuple[str, str]]:
     """Every service-menu action: id -> (its .desktop file, its Exec line)."""
     found = {}
     for path in sorted(DOLPHIN.glob("*.desktop")):
-        entry = configparser.ConfigParser(interpolation=None, strict=True)
-        entry.optionxform = str  # type: ignore[assignment,method-assign] - keys are case-sensitive
-        entry.read(path, encoding="utf-8")
+        entry = DesktopEntry(path)
         for action in entry["Desktop Entry"]["Actions"].strip(";").split(";"):
             found[action] = (path.name, entry[f"Desktop Action {action}"]["Exec"])
     return found
@@ -246,10 +255,7 @@ def test_the_service_menus_are_valid_desktop_files():
             # KDE service menus are Type=Service, which the freedesktop validator does not know.
             problems = [line for line in out.stdout.splitlines() if 'the type is "Service"' not in line]
             assert problems == [], problems
-        entry = configparser.ConfigParser(interpolation=None, strict=True)
-        entry.optionxform = str  # type: ignore[assignment,method-assign]
-        entry.read(path, encoding="utf-8")
-        main = entry["Desktop Entry"]
+        main = DesktopEntry(path)["Desktop Entry"]
         assert main["Type"] == "Service" and main["Name"] and main["MimeType"]
     for action, (_, exec_line) in dolphin_actions().items():
         words = shlex.split(exec_line)

@@ -68,11 +68,11 @@ def test_cached_entries_are_not_read_again(folder: FolderStore, settled: None) -
         return _load_record(path)
 
     entries = list(os.scandir(directory))
-    record_cache.read_slim(directory, _cache(folder), entries, counting)
+    record_cache.read_view(_cache(folder), entries, counting)
     assert len(reads) == 5
     folder.write(_record("IMG_2.jpg", 2, camera="Nikon"))
     reads.clear()
-    listed = record_cache.read_slim(directory, _cache(folder), list(os.scandir(directory)), counting)
+    listed = record_cache.read_view(_cache(folder), list(os.scandir(directory)), counting)
     assert [p.name for p in reads] == ["IMG_2.jpg.json"]
     assert listed["IMG_2.jpg.json"]["metadata"]["make"] == "Nikon"
 
@@ -141,4 +141,14 @@ def test_sync_conflicts_are_resolved_as_by_a_full_read(folder: FolderStore, sett
 def test_without_a_cache_directory_listing_reads_the_files(tmp_path: Path) -> None:
     folder = FolderStore(tmp_path, tmp_path / ".scanpix", [tmp_path / ".scanpix"])
     folder.write(_record("a.jpg", 1))
-    assert folder.records(full=False) == folder.records()
+    assert folder.records(full=False) == _slim_of(folder.records())
+
+
+def test_the_scan_view_keeps_what_a_rescan_decides_on(folder: FolderStore, settled: None) -> None:
+    record = _record("IMG_5.jpg", 5)
+    record.update(media={"kind": "image"}, thumbs={"256": "x-256.webp"}, clip={"model": "m", "vectors": []})
+    folder.write(record)
+    listed = folder.records(full=False, view="scan")["IMG_5.jpg"]
+    assert set(listed) <= record_cache.SCAN_FIELDS and listed["media"] == {"kind": "image"}
+    assert "raw" not in listed["metadata"] and "thumbs" not in listed and "clip" not in listed
+    assert folder.records(full=False)["IMG_5.jpg"]["thumbs"] == {"256": "x-256.webp"}  # its own cache

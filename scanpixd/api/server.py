@@ -47,7 +47,6 @@ SLOT_WAIT = 2.0  # how long a new connection may wait for a free thread before a
 LISTEN_BACKLOG = 512  # connections the kernel holds while the accept loop is busy
 DRAIN_BYTES = 1024 * 1024  # unread input discarded at close, so the client gets the answer
 DRAIN_TIME = 0.5
-EXTRA_METHODS = ("PATCH", "OPTIONS")  # answered with 405 and the allowed methods
 
 
 class _Expired(Exception):

@@ -6,6 +6,7 @@ arguments, 69 when a needed model is unavailable, 1 for other errors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -107,11 +108,28 @@ def main() -> None:
     """Search and inspect a scanpixd library (QUERY... searches; see `search --help`)."""
 
 
-def _backend(config_path: Path | None, direct: bool, hint: Path | None = None) -> Any:
+def _backend(config_path: Path | None, direct: bool, hint: Path | None = None,
+             images: tuple[str, ...] = ()) -> Any:
+    """The daemon or the sidecars; the sidecars when an image to compare lies outside the roots.
+
+    The daemon never reads a file outside its roots, so ``similar:`` an image elsewhere
+    (a download, another disk) is answered here, by the model in this process.
+    """
     settings = settings_from(config_path)
     if not settings.roots and hint is not None:
         settings.roots = [hint if hint.is_dir() else hint.parent]
+    if any(not _inside(Path(image), settings.roots) for image in images):
+        direct = True
     return open_backend(settings, direct=direct)
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if real == real_root or real_root in real.parents:
+            return True
+    return False
 
 
 def _show_results(data: dict[str, Any], as_json: bool, as_paths: bool, links_dir: Path | None,
@@ -150,7 +168,7 @@ def search(query: tuple[str, ...], limit: int, query_text: str | None, config_pa
     # is one filter); --query is plain query text, as a search box would send it.
     parsed = parse(query_text) if query_text is not None else parse(list(query))
     parsed = _absolute_similar(parsed)
-    backend = _backend(config_path, direct)
+    backend = _backend(config_path, direct, images=tuple(term.path for term in parsed.similar))
     data = backend.search(str(parsed), limit)
     _show_results(data, as_json, as_paths, links_dir, open_links)
 
@@ -173,7 +191,7 @@ def similar(path: Path, limit: int, config_path: Path | None, as_json: bool, as_
             links_dir: Path | None, open_links: bool, direct: bool) -> None:
     """Photos that look like PATH (a library file or any image)."""
     path = path.absolute()
-    data = _backend(config_path, direct, path).similar(path, limit)
+    data = _backend(config_path, direct, path, images=(str(path),)).similar(path, limit)
     _show_results(data, as_json, as_paths, links_dir, open_links)
 
 

@@ -92,24 +92,25 @@ class FolderStore:
                 return record
         return None
 
-    def records(self, full: bool = True) -> dict[str, Record]:
+    def records(self, full: bool = True, view: str = "slim") -> dict[str, Record]:
         """Every valid record of this folder, by file name; sync conflicts resolved.
 
-        ``full=False`` may leave out each record's raw metadata dump
-        (:func:`record_cache.slim`) and is then answered from the machine-local cache:
-        a listing to read, never a record to modify and write back.
+        ``full=False`` gives a listing, answered from the machine-local cache: each record
+        reduced to a view of :data:`record_cache.VIEWS` (``slim``: all but the raw
+        metadata dump; ``scan``: what a rescan decides on).  Read it, never modify it and
+        write it back.
         """
         found: dict[str, Record] = {}
         for base in reversed(self.read_dirs):  # the write location wins
             directory = base / "records"
-            listed = self._scan_records(directory) if full else self._scan_slim(directory)
+            listed = self._scan_records(directory) if full else self._scan_view(directory, view)
             for record in listed:
                 found[decode_name(record)] = record
         return found
 
-    def _scan_slim(self, directory: Path) -> Iterable[Record]:
+    def _scan_view(self, directory: Path, view: str) -> Iterable[Record]:
         if self.cache_dir is None:
-            return self._scan_records(directory)
+            return map(record_cache.VIEWS[view], self._scan_records(directory))
         try:
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -117,8 +118,8 @@ class FolderStore:
         names = [e for e in entries if e.name.endswith(".json") and not atomic.is_temp_name(e.name)]
         if any(_CONFLICT.search(e.name) for e in names):
             return self._scan_records(directory)  # resolved (and rewritten) on the full path
-        cache = record_cache.cache_file(self.cache_dir, directory)
-        return record_cache.read_slim(directory, cache, names, _load_record).values()
+        cache = record_cache.cache_file(self.cache_dir, directory, view)
+        return record_cache.read_view(cache, names, _load_record, view).values()
 
     def _scan_records(self, directory: Path) -> Iterator[Record]:
         try:
@@ -190,7 +191,7 @@ class FolderStore:
             self.record_path(name).unlink()
         if record is not None:
             if live_hashes is None:
-                live_hashes = {str(r.get("hash")) for r in self.records(full=False).values()}
+                live_hashes = {str(r.get("hash")) for r in self.records(full=False, view="scan").values()}
             if record.get("hash") not in live_hashes:
                 self.remove_assets(record)
         return record

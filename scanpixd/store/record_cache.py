@@ -2,9 +2,10 @@
 
 Reading a folder's records means opening and parsing one JSON file per original: at 100k
 files that is most of a rescan and most of a daemon start.  This cache keeps, per records
-directory, every record without its raw metadata dump (see :func:`slim`), each keyed by
-its record file's size, mtime, ctime and inode.  It is derived data, trusted entry by
-entry only:
+directory and *view*, every record reduced to what its readers need (:func:`slim`: all
+but the raw metadata dump, for the library; :func:`scan_view`: what a rescan decides on),
+each keyed by its record file's size, mtime, ctime and inode.  It is derived data,
+trusted entry by entry only:
 
 - an entry whose record file's stat differs is read from the file again (an edit in
   place changes the ctime, a replacement the inode);
@@ -47,20 +48,35 @@ def slim(record: Record) -> Record:
     return record
 
 
-def cache_file(cache_dir: Path, records_dir: Path) -> Path:
+# What a rescan reads of a record: its identity and state, and what stages decide on
+# (``Stage.applies`` and ``is_current`` read no other field; see scanpixd.pipeline).
+SCAN_FIELDS = frozenset({"format", "name", "name_b64", "size", "mtime_ns", "hash", "status", "error",
+                         "stages", "errors", "media", "metadata"})
+
+
+def scan_view(record: Record) -> Record:
+    """The record's :data:`SCAN_FIELDS`, without the raw metadata dump."""
+    return {k: v for k, v in slim(record).items() if k in SCAN_FIELDS}
+
+
+VIEWS: dict[str, Callable[[Record], Record]] = {"slim": slim, "scan": scan_view}
+
+
+def cache_file(cache_dir: Path, records_dir: Path, view: str = "slim") -> Path:
     """Where the cache of ``records_dir`` lives: named by that directory's absolute path."""
     key = hashlib.blake2b(os.fsencode(records_dir.absolute()), digest_size=16).hexdigest()
-    return cache_dir / "records" / key[:2] / f"{key}.json"
+    return cache_dir / "records" / key[:2] / f"{key}.{view}.json"
 
 
-def read_slim(directory: Path, cache: Path, names: list[os.DirEntry[str]],
-              load: Callable[[Path], Record | None]) -> dict[str, Record]:
-    """Slim records of the record files ``names`` (entries of ``directory``), by file name.
+def read_view(cache: Path, names: list[os.DirEntry[str]], load: Callable[[Path], Record | None],
+              view: str = "slim") -> dict[str, Record]:
+    """The records of the record files ``names`` in ``view`` (see :data:`VIEWS`), by file name.
 
     ``load`` reads one record file (``None`` when it is not a valid record); it is called
     only for files the cache cannot vouch for.  The cache is rewritten when that changed
     what it would hold.
     """
+    project = VIEWS[view]
     cached = _load(cache)
     fresh: dict[str, Entry] = {}
     for entry in names:
@@ -74,7 +90,7 @@ def read_slim(directory: Path, cache: Path, names: list[os.DirEntry[str]],
             fresh[entry.name] = hit
             continue
         record = load(Path(entry.path))
-        fresh[entry.name] = key + [None if record is None else slim(record)]
+        fresh[entry.name] = key + [None if record is None else project(record)]
     _save_if_changed(cache, cached, fresh)
     return {name: entry[4] for name, entry in fresh.items() if entry[4] is not None}
 
