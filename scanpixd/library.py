@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -161,6 +162,7 @@ class Library:
             self.vectors = None
             self._loading = True
             try:
+                self._reserve([index for _, index in loaded if index is not None])
                 for (root, folder), (records, index) in zip(folders, loaded, strict=True):
                     self._add_folder(root, folder, records, index)
             finally:
@@ -215,6 +217,13 @@ class Library:
                 item.rows = self._vector_set(index.dim).add(index.vectors[positions], item.id, times)
                 item.vector_key = _vector_key(records[name])
 
+    def _reserve(self, indexes: list[ann.FolderIndex]) -> None:
+        """Make room for every vector about to be added (of the width most folders have)."""
+        widths = Counter(index.dim for index in indexes if index.labels)
+        if widths:
+            dim = widths.most_common(1)[0][0]
+            self._vector_set(dim).reserve(sum(len(i.labels) for i in indexes if i.dim == dim))
+
     def _new_item(self, root: Path, folder: FolderStore, name: str, record: Record) -> Item:
         item = Item(self._next_id, root, folder, name, self._compact(record))
         self._next_id += 1
@@ -228,7 +237,7 @@ class Library:
         Which stages ran, the media kind and size, an event's place: one object each instead
         of one per item (about 2 kB an item).  Item records are read-only views.
         """
-        record = dict(slim(record))
+        record = slim(record)  # parts are replaced by equal ones: no copy needed
         for key in _SHARED_PARTS:
             value = record.get(key)
             if isinstance(value, dict):

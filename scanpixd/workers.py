@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -42,6 +43,10 @@ def folder_args(folder: FolderStore) -> FolderArgs:
 
 def _init_worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # Hostile files make decoders warn; the record keeps the reason, the terminal stays quiet.
+    warnings.filterwarnings("ignore", module=r"PIL\..*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pillow_heif.*")
+    logging.getLogger("PIL").setLevel(logging.CRITICAL)
     global _stages
     _stages = [s for s in build_stages(Services(settings)) if s.tier == Tier.CHEAP]
 

@@ -92,3 +92,24 @@ def test_queries_answer_over_it(library: tuple[Path, Settings, synth.Summary]) -
     sample = root / synth.read_manifest(root)["samples"][0]
     similar = engine.search(view, parse(f'similar:"{sample}"'), limit=5)
     assert similar and similar[0].path == sample
+
+
+def test_loaded_items_are_the_slim_records_with_alike_parts_shared(
+        library: tuple[Path, Settings, synth.Summary]) -> None:
+    import gc
+
+    from scanpixd.store.record_cache import slim
+
+    root, settings, _ = library
+    view = Library(settings, Store(settings))
+    view.load([root])
+    assert gc.isenabled()
+    items = sorted(view.items(), key=lambda i: str(i.path))
+    for item in items[:20]:
+        assert item.record == slim(item.folder.records()[item.name])
+    alike: dict[tuple[object, ...], list[dict]] = {}
+    for item in items:
+        alike.setdefault(tuple(item.record["stages"].items()), []).append(item.record)
+    group = max(alike.values(), key=len)
+    assert len(group) > 1 and all(r["stages"] is group[0]["stages"] for r in group)
+    assert all(r["errors"] is group[0]["errors"] for r in group)
