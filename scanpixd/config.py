@@ -33,6 +33,9 @@ from typing import Any, Literal
 
 from scanpixd.errors import ConfigError
 
+# SCANPIX_* variables that choose files or steer the helper scripts, not settings.
+NOT_SETTINGS = frozenset({"SCANPIX_CONFIG", "SCANPIX_SOCKET", "SCANPIX_ASK", "SCANPIX_QUERY",
+                          "SCANPIX_BIN_DIR"})
 DEFAULT_EXCLUDES = ("*.part", "*.crdownload", "*.tmp", "*~", ".~lock*", "*.sync-conflict-*")
 
 
@@ -168,7 +171,7 @@ def _apply_environment(data: dict[str, Any], environ: typing.Mapping[str, str]) 
     hints = typing.get_type_hints(Settings)
     tables = {name for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
     for var, value in environ.items():
-        if not var.startswith("SCANPIX_") or var in ("SCANPIX_CONFIG", "SCANPIX_SOCKET"):
+        if not var.startswith("SCANPIX_") or var in NOT_SETTINGS:
             continue
         key = var[len("SCANPIX_"):].lower()
         table, _, sub = key.partition("_")

@@ -40,9 +40,9 @@ def present(record: Record, folder: FolderStore) -> dict[str, Any]:
         if key in record:
             out[key] = record[key]
     thumbs = record.get("thumbs") or {}
-    out["thumbs"] = {size: str(folder.asset_path(name)) for size, name in thumbs.items()}
+    out["thumbs"] = {size: _asset(folder, name, "thumbs") for size, name in thumbs.items()}
     if record.get("preview"):
-        out["preview"] = {k: str(folder.asset_path(v, "previews")) for k, v in record["preview"].items()}
+        out["preview"] = {k: _asset(folder, v, "previews") for k, v in record["preview"].items()}
     if "faces" in record:
         out["faces"] = [{k: v for k, v in face.items() if k != "encoding"} for face in record["faces"]]
     if "clip" in record:
@@ -50,6 +50,13 @@ def present(record: Record, folder: FolderStore) -> dict[str, Any]:
         out["clip"] = {"model": clip.get("model"), "dim": clip.get("dim"),
                        "vectors": len(clip.get("vectors", []))}
     return out
+
+
+def _asset(folder: FolderStore, name: str, kind: str) -> str | None:
+    try:
+        return str(folder.asset_path(name, kind))
+    except ValueError:  # a name that is not a plain file name: never followed
+        return None
 
 
 def _is_stale(record: Record, path: Path) -> bool:

@@ -348,7 +348,7 @@ def _copy_assets(source: FolderStore, target: FolderStore, record: Record) -> No
                 continue
             try:
                 data = source.asset_path(file_name, kind).read_bytes()
-            except OSError:
+            except (OSError, ValueError):
                 continue  # the stage will redo it when it finds the asset missing
             target.write_asset(file_name, data, kind)
 

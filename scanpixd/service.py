@@ -11,6 +11,7 @@ resolving symlinks, so the socket can never be used to read other files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -163,7 +164,8 @@ class LibraryService:
         thumbs = record.get("thumbs") or {}
         if thumbs:
             smallest = min(thumbs, key=int)
-            out["thumb"] = str(result.item.folder.asset_path(thumbs[smallest]))
+            with contextlib.suppress(ValueError):
+                out["thumb"] = str(result.item.folder.asset_path(thumbs[smallest]))
         return out
 
     def duplicates(self, path: Path | None, kinds: set[str]) -> dict[str, Any]:
@@ -231,7 +233,14 @@ class LibraryService:
             raise FileNotFoundError(f"{path}: no thumbnail")
         sizes = sorted(int(s) for s in thumbs)
         chosen = max(sizes) if size is None else next((s for s in sizes if s >= size), max(sizes))
-        return folder.asset_path(thumbs[str(chosen)])
+        try:
+            asset = folder.asset_path(thumbs[str(chosen)])
+        except ValueError as exc:
+            raise FileNotFoundError(f"{path}: no usable thumbnail") from exc
+        real = Path(os.path.realpath(asset))
+        if not any(real.parent == Path(os.path.realpath(base / "thumbs")) for base in folder.read_dirs):
+            raise FileNotFoundError(f"{path}: no usable thumbnail")
+        return asset
 
     def reindex(self, path: Path) -> dict[str, Any]:
         path = self._check_path(path)

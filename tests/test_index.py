@@ -205,3 +205,22 @@ def test_read_only_folder_writes_to_the_cache_directory(tmp_path, isolated_env):
     assert not (lib / "album00" / DATA_DIR_NAME).exists()
     cached = Path(isolated_env["XDG_CACHE_HOME"]) / "scanpix" / "tree" / str(lib / "album00").lstrip("/")
     assert len(list((cached / DATA_DIR_NAME / "records").glob("*.json"))) == 2
+
+
+def test_a_tampered_record_never_reaches_outside_its_data_directory(settings, tmp_path):
+    lib = tmp_path / "lib"
+    photo = make_photo(lib / "p.jpg", 8)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    index(settings, lib)
+    folder = Store(settings).folder(lib)
+    record = record_of(settings, photo)
+    record["thumbs"] = {"256": "../../secret.txt", "1024": "/etc/passwd"}
+    folder.write(record)
+    from scanpixd.inspect import describe
+
+    shown = describe(photo, settings)
+    assert shown["thumbs"] == {"256": None, "1024": None}
+    photo.unlink()
+    assert index(settings, lib).removed == 1  # deleting its record deletes nothing outside
+    assert secret.read_text() == "not yours"

@@ -61,10 +61,9 @@ class Job:
         thumbs = self.record.get("thumbs") or {}
         if not thumbs:
             return None
-        largest = max(thumbs, key=lambda size: int(size))
-        path = self.folder.asset_path(thumbs[largest])
         try:
-            with Image.open(path) as im:
+            largest = max(thumbs, key=lambda size: int(size))
+            with Image.open(self.folder.asset_path(thumbs[largest])) as im:
                 im.load()
                 self.image = im.convert("RGB")
         except (OSError, ValueError):

@@ -69,7 +69,13 @@ class FolderStore:
         return self._sub("records") / record_file_name(name)
 
     def asset_path(self, file_name: str, kind: str = "thumbs") -> Path:
-        """Absolute path of a thumbnail or preview that a record names, wherever it lies."""
+        """Absolute path of a thumbnail or preview that a record names, wherever it lies.
+
+        Records come from disk and may have been tampered with or synced from elsewhere: a
+        name that is not a plain file name never leads out of the data directory.
+        """
+        if not _plain_name(file_name):
+            raise ValueError(f"not an asset name: {file_name[:80]!r}")
         for base in self.read_dirs:
             candidate = base / kind / file_name
             if candidate.exists():
@@ -207,6 +213,8 @@ class FolderStore:
     def remove_assets(self, record: Record) -> None:
         for kind, names in _assets_of(record):
             for file_name in names:
+                if not _plain_name(file_name):
+                    continue  # a tampered record never makes us delete outside .scanpix/
                 with contextlib.suppress(FileNotFoundError):
                     (self._sub(kind) / file_name).unlink()
 
@@ -238,6 +246,10 @@ class FolderStore:
         format_file = self.data_dir / "FORMAT"
         if not format_file.exists():
             atomic.write_bytes(format_file, f"{DIR_FORMAT}\n".encode())
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
 def _assets_of(record: Record) -> Iterable[tuple[str, list[str]]]:
