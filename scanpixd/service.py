@@ -11,7 +11,6 @@ resolving symlinks, so the socket can never be used to read other files.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -24,7 +23,7 @@ from scanpixd import geo
 from scanpixd.config import Settings
 from scanpixd.errors import UsageError
 from scanpixd.inspect import present
-from scanpixd.library import Library
+from scanpixd.library import Item, Library
 from scanpixd.pipeline import Services
 from scanpixd.query import engine
 from scanpixd.query.parser import parse
@@ -161,11 +160,9 @@ class LibraryService:
         out = result.to_dict()
         out["taken"] = _taken(record)
         out["kind"] = (record.get("media") or {}).get("kind")
-        thumbs = record.get("thumbs") or {}
-        if thumbs:
-            smallest = min(thumbs, key=int)
-            with contextlib.suppress(ValueError):
-                out["thumb"] = str(result.item.folder.asset_path(thumbs[smallest]))
+        thumb = _smallest_thumb(result.item)
+        if thumb is not None:
+            out["thumb"] = thumb
         return out
 
     def duplicates(self, path: Path | None, kinds: set[str]) -> dict[str, Any]:
@@ -195,7 +192,14 @@ class LibraryService:
         return self.people_index.people_in(item.record)
 
     def people(self) -> dict[str, Any]:
-        return {"people": [p.to_dict() for p in self.people_index.list()]}
+        people = [p.to_dict() for p in self.people_index.list()]
+        for person in people:
+            person["thumb"] = self._thumb_of(person.get("sample"))
+        return {"people": people}
+
+    def _thumb_of(self, path: str | None) -> str | None:
+        item = self.library.get(Path(path)) if path else None
+        return _smallest_thumb(item) if item is not None else None
 
     def name_person(self, person_id: str, name: str) -> dict[str, Any]:
         self.people_index.name(person_id, name)
@@ -288,6 +292,17 @@ class LibraryService:
             if resolved == real_root or real_root in resolved.parents:
                 return resolved
         raise PermissionError(f"{path} is outside the library's roots")
+
+
+def _smallest_thumb(item: Item) -> str | None:
+    """The smallest thumbnail of a library item, for lists that show one picture each."""
+    thumbs = item.record.get("thumbs") or {}
+    if not thumbs:
+        return None
+    try:
+        return str(item.folder.asset_path(thumbs[min(thumbs, key=int)]))
+    except ValueError:
+        return None
 
 
 def _under(path: Path, folder: Path) -> bool:
