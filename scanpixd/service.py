@@ -240,10 +240,10 @@ class LibraryService:
         try:
             asset = folder.asset_path(thumbs[str(chosen)])
         except ValueError as exc:
-            raise FileNotFoundError(f"{path}: no usable thumbnail") from exc
+            raise FileNotFoundError(f"{path}: no thumbnail (its record names no usable file)") from exc
         real = Path(os.path.realpath(asset))
         if not any(real.parent == Path(os.path.realpath(base / "thumbs")) for base in folder.read_dirs):
-            raise FileNotFoundError(f"{path}: no usable thumbnail")
+            raise FileNotFoundError(f"{path}: no thumbnail (its record names no usable file)")
         return asset
 
     def reindex(self, path: Path) -> dict[str, Any]:

@@ -89,7 +89,9 @@ def test_queries_answer_over_it(library: tuple[Path, Settings, synth.Summary]) -
     view.load([root])
     found = engine.search(view, parse("type:video"), limit=COUNT)
     assert found and all(r.record["media"]["kind"] == "video" for r in found)
-    sample = root / synth.read_manifest(root)["samples"][0]
+    manifest = synth.read_manifest(root)
+    assert manifest is not None
+    sample = root / manifest["samples"][0]
     similar = engine.search(view, parse(f'similar:"{sample}"'), limit=5)
     assert similar and similar[0].path == sample
 
