@@ -21,7 +21,7 @@ from types import FrameType
 from scanpixd.api.routes import Router
 from scanpixd.api.server import ApiServer
 from scanpixd.config import Settings, load_settings
-from scanpixd.errors import ConfigError, ScanpixError, UsageError
+from scanpixd.errors import ConfigError, ModelUnavailable, ScanpixError, UsageError
 from scanpixd.indexer import Indexer
 from scanpixd.instance import InstanceLock
 from scanpixd.notify import Notifier
@@ -93,6 +93,14 @@ class Daemon:
                  self.api.socket_path, time.monotonic() - started)
         self.notifier.ready(self._status_line())
         self.notifier.start_watchdog(healthy=self._healthy)
+        if self.settings.clip.enabled:  # the first text query should not pay the model's load
+            threading.Thread(target=self._preload_clip, name="clip-preload", daemon=True).start()
+
+    def _preload_clip(self) -> None:
+        try:
+            self.services.clip.load()
+        except ModelUnavailable as exc:
+            log.warning("semantic search unavailable: %s", exc)
 
     def _serve(self) -> ApiServer:
         """The API server on the configured (or systemd's) socket; a clear error if it can't."""

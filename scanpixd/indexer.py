@@ -134,7 +134,7 @@ class Indexer:
         for folder in plan.folders:
             if not folder.exists():
                 continue
-            records = folder.records()
+            records = folder.records(full=False)  # listings: the passes re-read before writing
             folder.sweep(records)
             folders.append((folder, records))
             entries.extend((folder, name, record) for name, record in records.items())
