@@ -24,8 +24,8 @@ read a sidecar without scanpixd installed.  Its shape, documented in the README 
       "thumbs":   {"256": "<hash>-256.webp", "1024": "<hash>-1024.webp"},
       "hashes":   {"dhash": "<hex>", "phash": "<hex>", ...},
       "preview":  {"webm": "<hash>.webm"},                     # videos only
-      "taken":    {"local", "utc", "timezone", "source"},      # time inference
-      "place":    {"city", "region", "country", "country_code"},
+      "taken":    {"local", "utc", "timezone", "offset", "source", "neighbour"?},  # time inference
+      "place":    {"city", "region", "country", "country_code", "timezone"} | null,
       "faces":    [{"box": [top, right, bottom, left], "encoding": "<b64 f16>", ...}],
       "clip":     {"model": "<model id>", "dim": 512,
                    "vectors": [{"time": null | seconds, "v": "<b64 float16>"}]},
