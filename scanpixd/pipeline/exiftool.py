@@ -13,8 +13,9 @@ process is driven here directly:
   batch goes on in a fresh process, so one hostile file costs one timeout and no more; a
   file that makes exiftool die is retried alone before it is blamed;
 * exiftool never exits on end of input (it polls its argfile), so the child is also told
-  by the kernel to die with its parent (``PR_SET_PDEATHSIG``) and is stopped at interpreter
-  exit; a dead process is restarted on the next call.
+  by the kernel to die with its parent (``PR_SET_PDEATHSIG``; started from a thread that
+  lives as long as the process, since the signal follows the forking thread) and is stopped
+  at interpreter exit; a dead process is restarted on the next call.
 
 Output options: ``-j -G1`` (JSON; family-1 groups, which tell an EXIF
 ``ExifIFD:DateTimeOriginal`` from a QuickTime ``Keys:CreationDate`` or a UTC
@@ -32,6 +33,7 @@ import ctypes
 import json
 import logging
 import os
+import queue
 import re
 import select
 import signal
@@ -41,7 +43,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -194,7 +196,7 @@ class ExifToolService:
     def _start(self) -> _Process:
         path = self.settings.path
         try:
-            process = _Process(path)
+            process = _KEEPER.call(lambda: _Process(path))
         except OSError as exc:
             raise self._give_up(f"exiftool cannot run ({path}): {exc.strerror or exc}") from None
         try:
@@ -401,6 +403,46 @@ _prctl: Any = None
 if sys.platform.startswith("linux"):
     with contextlib.suppress(OSError, AttributeError):
         _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+class _Keeper:
+    """One thread that lives as long as the process, to start exiftool from.
+
+    The kernel sends ``PR_SET_PDEATHSIG`` when the *thread* that forked the child ends,
+    not the process; starting exiftool from a short-lived worker thread would kill it as
+    soon as that thread's pool shut down.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def call(self, func: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="exiftool-keeper", daemon=True)
+                self._thread.start()
+        box: list[Any] = []
+        done = threading.Event()
+        self._requests.put((func, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def _serve(self) -> None:
+        while True:
+            func, box, done = self._requests.get()
+            try:
+                box.append(func())
+            except BaseException as exc:  # handed to the caller
+                box.append(exc)
+            done.set()
+
+
+_KEEPER = _Keeper()
 
 
 def _die_with_parent() -> None:
