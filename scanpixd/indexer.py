@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,10 @@ from scanpixd.record import Record, new_record
 from scanpixd.scan import Plan, WorkItem, reconcile
 from scanpixd.store import FolderStore, Store
 from scanpixd.upkeep import refresh_vector_indexes, update_times
-from scanpixd.workers import CheapPool, PoolUnusable
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
-PROCESS_BATCH = 8  # files from which the cheap tier goes to worker processes
 
 
 @dataclass
@@ -94,8 +91,6 @@ class Indexer:
         self.services = services or Services(settings)
         self.stages = stages if stages is not None else build_stages(self.services)
         self.jobs = max(1, jobs or settings.jobs)
-        # Worker processes run the standard stages; custom stage lists stay in threads.
-        self._pool = CheapPool(settings, self.jobs) if stages is None and self.jobs > 1 else None
         self.progress = progress or (lambda phase, done, total: None)
         self.stop = stop or threading.Event()
 
@@ -154,13 +149,11 @@ class Indexer:
 
     # -- cheap tier -----------------------------------------------------------------
     def run_cheap(self, items: Sequence[WorkItem], summary: Summary) -> None:
-        """The cheap stages for ``items``: in worker processes for large batches (see
-        :mod:`scanpixd.workers`), in threads for a few files, where a process hop would
-        cost more than it saves."""
+        """The cheap stages for ``items`` on ``jobs`` threads (decoding, resizing and exiftool
+        run outside the GIL; worker processes measured no faster, see the README)."""
         todo = [i for i in items if i.reason != "stale" or self._pending(i.record, Tier.CHEAP)]
         if not todo:
             return
-        pool = self._pool if self._pool is not None and len(todo) >= PROCESS_BATCH else None
         total, done = len(todo), 0
         batch_size = max(1, self.settings.exiftool.batch_size)
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as threads:
@@ -172,9 +165,7 @@ class Indexer:
                 for item in batch:
                     meta = metadata.get(item.path)
                     record = self._record_for(item)
-                    future = (pool.submit(item.folder, item.path, record, meta) if pool is not None
-                              else threads.submit(self._run_cheap_stages, item, record, meta))
-                    in_flight.append((item, meta, future))
+                    in_flight.append((item, meta, threads.submit(self._run_cheap_stages, item, record, meta)))
                 while len(in_flight) > 2 * batch_size:
                     done += self._collect(in_flight.pop(0), summary, total, done)
             for entry in in_flight:
@@ -195,30 +186,16 @@ class Indexer:
 
     def _collect(self, entry: tuple[WorkItem, dict[str, Any] | None, Future[Record]],
                  summary: Summary, total: int, done: int) -> int:
-        item, metadata, future = entry
+        item, _, future = entry
         if self.stop.is_set():
             future.cancel()  # only succeeds for work not yet started
         try:
             record = future.result()
         except CancelledError:
             return 1
-        except BrokenProcessPool:
-            record = self._retry_alone(item, metadata)
         self._write(item, record, summary)
         self.progress("index", done + 1, total)
         return 1
-
-    def _retry_alone(self, item: WorkItem, metadata: dict[str, Any] | None) -> Record:
-        """A worker died: retry its file alone, or in this process if workers cannot run."""
-        record = self._record_for(item)
-        if self._pool is not None:
-            try:
-                return self._pool.retry_alone(item.folder, item.path, record, metadata)
-            except PoolUnusable as exc:
-                log.warning("%s; indexing in threads instead", exc)
-                self._pool.close()
-                self._pool = None
-        return self._run_cheap_stages(item, record, metadata)
 
     def _write(self, item: WorkItem, record: Record, summary: Summary) -> None:
         try:
@@ -302,8 +279,6 @@ class Indexer:
         return record is None or bool(pending([s for s in self.stages if s.name == name], record))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close(cancel=True)
         self.services.close()
 
 
