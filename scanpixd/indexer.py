@@ -157,7 +157,7 @@ class Indexer:
         total, done = len(todo), 0
         batch_size = max(1, self.settings.exiftool.batch_size)
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as threads:
-            in_flight: list[tuple[WorkItem, dict[str, Any] | None, Future[Record]]] = []
+            in_flight: list[tuple[WorkItem, Future[Record]]] = []
             for batch in _chunks(todo, batch_size):
                 if self.stop.is_set():
                     break
@@ -165,7 +165,7 @@ class Indexer:
                 for item in batch:
                     meta = metadata.get(item.path)
                     record = self._record_for(item)
-                    in_flight.append((item, meta, threads.submit(self._run_cheap_stages, item, record, meta)))
+                    in_flight.append((item, threads.submit(self._run_cheap_stages, item, record, meta)))
                 while len(in_flight) > 2 * batch_size:
                     done += self._collect(in_flight.pop(0), summary, total, done)
             for entry in in_flight:
@@ -184,9 +184,9 @@ class Indexer:
         run_stages(self.stages, Job(item.path, item.folder, record, metadata=metadata), Tier.CHEAP)
         return record
 
-    def _collect(self, entry: tuple[WorkItem, dict[str, Any] | None, Future[Record]],
-                 summary: Summary, total: int, done: int) -> int:
-        item, _, future = entry
+    def _collect(self, entry: tuple[WorkItem, Future[Record]], summary: Summary, total: int,
+                 done: int) -> int:
+        item, future = entry
         if self.stop.is_set():
             future.cancel()  # only succeeds for work not yet started
         try:
