@@ -44,6 +44,14 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(value) if value else Path.home() / fallback
 
 
+def resolve_path(path: Path) -> Path:
+    """A configured path as the filesystem names it (``~`` expanded, symlinks resolved)."""
+    try:
+        return path.expanduser().resolve()
+    except OSError:
+        return path.expanduser().absolute()
+
+
 def default_config_path() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "scanpix" / "config.toml"
 

@@ -20,7 +20,7 @@ from types import FrameType
 
 from scanpixd.api.routes import Router
 from scanpixd.api.server import ApiServer
-from scanpixd.config import Settings, load_settings
+from scanpixd.config import Settings, load_settings, resolve_path
 from scanpixd.errors import ConfigError, ModelUnavailable, ScanpixError, UsageError
 from scanpixd.indexer import Indexer
 from scanpixd.instance import InstanceLock
@@ -145,7 +145,7 @@ class Daemon:
         for error in refused:
             log.error("%s", error)
         blocked = {getattr(error, "root", None) for error in refused}
-        roots = [r for r in settings.roots if _resolve(r) not in blocked]
+        roots = [r for r in settings.roots if resolve_path(r) not in blocked]
         added = [r for r in roots if r not in self.settings.roots]
         settings.roots = roots
         self.settings = settings
@@ -202,13 +202,6 @@ class Daemon:
         self.lock.release()
         log.info("stopped")
 
-
-def _resolve(path: Path) -> Path:
-    """A root as the instance lock names it (symlinks resolved)."""
-    try:
-        return path.expanduser().resolve()
-    except OSError:
-        return path.expanduser().absolute()
 
 
 def run_daemon(config_path: Path | None, jobs: int | None) -> int:

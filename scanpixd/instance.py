@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+from scanpixd.config import resolve_path
 from scanpixd.errors import AlreadyRunning, ScanpixError
 
 __all__ = ["InstanceLock", "lock_dir"]
@@ -84,7 +85,7 @@ class InstanceLock:
     def update(self, roots: Iterable[Path]) -> list[AlreadyRunning]:
         """Hold exactly ``roots`` (SIGHUP reload); returns the refusals, other roots stay held."""
         self._wanted = list(roots)
-        wanted = _outermost(_resolve(Path(r)) for r in self._wanted)
+        wanted = _outermost(resolve_path(Path(r)) for r in self._wanted)
         _private_dir(self.directory)
         for root in [r for r in self._held if r not in wanted]:
             self._release_root(root)
@@ -261,12 +262,6 @@ def _private_dir(path: Path) -> None:
     if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
         raise ScanpixError(f"lock folder {path} belongs to another user; refusing to use it")
 
-
-def _resolve(path: Path) -> Path:
-    try:
-        return path.expanduser().resolve()
-    except OSError:
-        return path.expanduser().absolute()
 
 
 def _outermost(roots: Iterable[Path]) -> list[Path]:

@@ -38,6 +38,7 @@ from scanpixd.models.clip import ClipModel
 from scanpixd.record import Record
 from scanpixd.scan import root_is_online
 from scanpixd.store import FolderStore, Store, ann, atomic
+from scanpixd.store.record_cache import slim
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,6 @@ def _vector_key(record: Record) -> tuple[object, ...]:
         return ()
     return (clip.get("model"), *((e.get("time"), e.get("v")) for e in clip["vectors"]
                                  if isinstance(e, dict)))
-
-
-def slim(record: Record) -> Record:
-    """The record without the parts no query needs (the raw metadata dump)."""
-    meta = record.get("metadata")
-    if isinstance(meta, dict) and "raw" in meta:
-        record = dict(record)
-        record["metadata"] = {k: v for k, v in meta.items() if k != "raw"}
-    return record
 
 
 class Library:

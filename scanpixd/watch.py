@@ -51,7 +51,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from scanpixd.config import Settings
+from scanpixd.config import Settings, resolve_path
 from scanpixd.excludes import Excluder
 
 try:  # inotify exists on Linux only; elsewhere every root is polled
@@ -582,7 +582,7 @@ class Watcher:
         self._settings = settings
         self._excluder = Excluder.from_settings(settings)
         self._poll_interval = max(settings.daemon.poll_interval, 0.1)
-        self._poll_roots = {_resolve(Path(p)) for p in settings.daemon.poll_roots}
+        self._poll_roots = {resolve_path(Path(p)) for p in settings.daemon.poll_roots}
 
     # ---- lifecycle
 
@@ -639,7 +639,7 @@ class Watcher:
                 self._queue.put(("forget", root))
             for path in wanted:
                 if path not in self._roots and self._running:
-                    root = self._roots[path] = _Root(path, _resolve(path))
+                    root = self._roots[path] = _Root(path, resolve_path(path))
                     self._start_root(root)
 
     def apply_settings(self, settings: Settings) -> None:
@@ -877,25 +877,19 @@ def _halt(observer: BaseObserver, *, join: bool = True) -> None:
         observer.join(timeout=10)
 
 
-def _resolve(path: Path) -> Path:
-    try:
-        return path.expanduser().resolve()
-    except OSError:
-        return path.expanduser().absolute()
-
 
 def _dedupe_roots(roots: Iterable[Path]) -> list[Path]:
     """Roots in order without duplicates; a root inside another is served by the outer one."""
     chosen: list[Path] = []
     for root in roots:
-        real = _resolve(root)
-        outer = next((c for c in chosen if _resolve(c) == real or _resolve(c) in real.parents),
+        real = resolve_path(root)
+        outer = next((c for c in chosen if resolve_path(c) == real or resolve_path(c) in real.parents),
                      None)
         if outer is not None:
-            if _resolve(outer) != real:
+            if resolve_path(outer) != real:
                 log.warning("root %s lies inside root %s: watched as part of it", root, outer)
             continue
-        inner = [c for c in chosen if real in _resolve(c).parents]
+        inner = [c for c in chosen if real in resolve_path(c).parents]
         for c in inner:
             log.warning("root %s lies inside root %s: watched as part of it", c, root)
             chosen.remove(c)
