@@ -184,10 +184,11 @@ def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
     for item in items:
         unique.setdefault(str(item.path), item)  # a path listed twice is one file
     pool = list(unique.values())
-    contents = _contents(pool)
+    records = [item.record for item in pool]  # read once: a library decodes them on access
+    contents = _contents(records)
     components: list[tuple[list[int], bool]] = []
     if wanted & {"near", "burst"} and len(contents) > 1:
-        table = _Table(pool, contents, section.burst_window, thresholds(section))
+        table = _Table(pool, records, contents, section.burst_window, thresholds(section))
         if section.turned and "near" in wanted:
             table.find_turns()
         components = _Linker(table, wanted, section.clip_confirm).components()
@@ -201,12 +202,12 @@ def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
     return groups
 
 
-def _contents(pool: Sequence[Item]) -> list[list[int]]:
-    """Indices of ``pool`` by content: files with one content hash share an entry."""
+def _contents(records: Sequence[Record]) -> list[list[int]]:
+    """Indices of ``records`` by content: files with one content hash share an entry."""
     by_hash: dict[str, int] = {}
     contents: list[list[int]] = []
-    for i, item in enumerate(pool):
-        key = item.record.get("hash")
+    for i, record in enumerate(records):
+        key = record.get("hash")
         if isinstance(key, str) and key:
             slot = by_hash.setdefault(key, len(contents))
             if slot == len(contents):
@@ -227,9 +228,10 @@ _HASH_FIELDS = (("phash", FINE_BITS), ("dhash", FINE_BITS), ("phash8", COARSE_BI
 class _Table:
     """Per distinct content: hashes as bit arrays, capture times, camera, CLIP vectors."""
 
-    def __init__(self, pool: Sequence[Item], contents: list[list[int]], window: float,
-                 limits: Thresholds):
-        self.records = [pool[c[0]].record for c in contents]
+    def __init__(self, pool: Sequence[Item], records: Sequence[Record], contents: list[list[int]],
+                 window: float, limits: Thresholds):
+        self.items = [pool[c[0]] for c in contents]
+        self.records = [records[c[0]] for c in contents]
         self.n = n = len(self.records)
         self.window = window
         self.limits = limits
@@ -303,8 +305,12 @@ class _Table:
             self.precise[i] = str(local_text)[19:20] == "."
 
     def clip(self, i: int) -> tuple[str, np.ndarray] | None:
+        """``(model:width, unit vector)`` of the first frame; a library item gives it from
+        its vector set (its record holds no vectors), any other item from its record."""
         if i not in self._clip:
-            self._clip[i] = _clip_vector(self.records[i])
+            from_library = getattr(self.items[i], "first_vector", None)
+            found = from_library() if from_library is not None else None
+            self._clip[i] = found if found is not None else _clip_vector(self.records[i])
         return self._clip[i]
 
 

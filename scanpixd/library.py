@@ -1,19 +1,31 @@
 """The in-memory view of every folder a daemon (or a direct-mode query) serves.
 
-Records are read once from the sidecars, kept slim (the raw EXIF dump stays on disk:
-it is most of a record's size and no query reads it), and updated incrementally as the
-indexer writes.  CLIP vectors of the configured model go into one :class:`VectorSet`
-across all roots, so a text query is one matrix product (or one HNSW lookup in a large
-library) instead of a walk over folders.  Vectors of another model are ignored, never
-mixed in: those files are re-embedded by the indexer and come back through
-:meth:`Library.update`.
+Built for 100k-photo libraries on a small machine, so it holds as little as it can:
 
-Loading also keeps each folder's portable ``index/clip.hnsw`` current when
-``write_indexes`` is on (the daemon), and leaves it alone for a read-only direct query.
+- Each item is a row: the fields filters read are numpy columns
+  (:mod:`scanpixd.query.columns`), the record itself is kept as compact JSON bytes
+  (slim: no raw metadata dump, no CLIP vectors) and decoded only when asked for.
+  :class:`Item` objects are made on demand and are read-only views.
+- CLIP vectors of the configured model go into one :class:`VectorSet` across all roots, so
+  a text query is one HNSW lookup (or one matrix product in a small library) instead of a
+  walk over folders.  Vectors of another model are ignored, never mixed in: those files
+  are re-embedded by the indexer and come back through :meth:`Library.update`.
+- A machine-local snapshot (``cache_dir/library/``, one mmap'd file) holds the rows of
+  every folder as they were last seen, with each folder's signature: the name, size,
+  mtime, ctime and inode of every record file.  At start a folder whose record files are
+  exactly as signed is taken from the snapshot (its record bytes stay on disk, mapped,
+  until a query reads them); any other folder is read from its records.  A folder
+  changed in the last seconds is never signed (timestamps may not yet tell versions
+  apart), and one changed while loaded is left unsigned, so the snapshot never vouches
+  for what it has not read.
+
+The daemon (``write_indexes``) also keeps each folder's portable ``index/clip.hnsw``
+current: folders read from their records, or changed, are refreshed by :meth:`flush`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
 import hashlib
@@ -21,39 +33,43 @@ import logging
 import os
 import sys
 import threading
-from collections import Counter
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 
 from scanpixd.config import Settings
 from scanpixd.errors import ModelUnavailable
 from scanpixd.excludes import Excluder
 from scanpixd.models.clip import ClipModel
-from scanpixd.record import Record
+from scanpixd.query.columns import COLUMNS, Columns, ColumnView, FolderInfo
+from scanpixd.record import RECORD_FORMAT, Record
 from scanpixd.scan import root_is_online
-from scanpixd.store import FolderStore, Store, ann, atomic
-from scanpixd.store.record_cache import slim
+from scanpixd.store import FolderStore, Store, ann, atomic, snapshot
+from scanpixd.store.record_cache import RACY_NS, slim
 
 log = logging.getLogger(__name__)
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
-_SHARED_PARTS = ("stages", "errors", "media", "place")  # small, and alike in many records
+SNAPSHOT_FORMAT = 1
+_NO_KEY = bytes(8)  # a record without vectors, as the snapshot writes it
+SNAPSHOT_SAVE_SHARE = 0.1  # a load that read more than this share from records saves at once
 
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """The cyclic garbage collector paused while loading, and what was loaded frozen after.
 
-    A load creates millions of objects that all stay alive: collections during it only walk
-    them again and again (40 % of the CPU time of a 100k-photo load), and every later full
-    collection would walk them once more (a pause in the middle of a query).  Records hold
-    no reference cycles, so reference counting still frees them when they are dropped.
+    A load creates many objects that all stay alive: collections during it only walk
+    them again and again, and every later full collection would walk them once more (a
+    pause in the middle of a query).  Nothing loaded holds reference cycles, so
+    reference counting still frees it when it is dropped.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -65,34 +81,81 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-@dataclass(eq=False)
 class Item:
-    """One indexed file: what filters see (``record``, ``path``, ``root``) plus its vectors."""
+    """One indexed file, as filters and results see it (``record``, ``path``, ``root``)."""
 
-    id: int
-    root: Path
-    folder: FolderStore
-    name: str
-    record: Record  # without metadata.raw; see Library.full_record
-    rows: np.ndarray = field(default_factory=lambda: _NO_ROWS)  # rows in Library.vectors
-    vector_key: tuple[object, ...] = ()  # what the rows were made from (see _vector_key)
+    __slots__ = ("_blob", "_library", "folder", "id", "name", "root", "rows")
 
-    @cached_property
+    def __init__(self, library: Library, item_id: int, root: Path, folder: FolderStore,
+                 name: str, blob: bytes | memoryview, rows: np.ndarray):
+        self._library = library
+        self.id = item_id
+        self.root = root
+        self.folder = folder
+        self.name = name
+        self._blob = blob
+        self.rows = rows  # rows in Library.vectors
+
+    @property
+    def record(self) -> Record:
+        """The record without its raw metadata dump and CLIP vectors (a fresh copy)."""
+        record: Record = orjson.loads(self._blob)
+        return record
+
+    @property
     def path(self) -> Path:
         return self.folder.folder / self.name
 
+    def first_vector(self) -> tuple[str, np.ndarray] | None:
+        """``("model:width", unit vector)`` of the first frame, as duplicate grouping
+        compares them; None without vectors."""
+        vectors = self._library.vectors_of(self)
+        clip = self.record.get("clip") if vectors.size else None
+        if not isinstance(clip, dict):
+            return None
+        return f"{clip.get('model')}:{vectors.shape[1]}", vectors[0]
 
-def _vector_key(record: Record) -> tuple[object, ...]:
-    """The record's embeddings as an immutable value, to tell whether they changed."""
+    def __repr__(self) -> str:
+        return f"Item({self.id}, {str(self.path)!r})"
+
+
+def lean(record: Record) -> Record:
+    """What the library keeps of a record: :func:`slim`, and the CLIP section without its
+    vectors (they live in the :class:`VectorSet`)."""
+    record = slim(record)
+    clip = record.get("clip")
+    if isinstance(clip, dict) and "vectors" in clip:
+        record = dict(record)
+        entries = clip["vectors"]
+        record["clip"] = {**{k: v for k, v in clip.items() if k != "vectors"},
+                          "count": len(entries) if isinstance(entries, list) else 0}
+    return record
+
+
+def _vector_key(record: Record) -> bytes:
+    """A digest of the record's embeddings, to tell whether they changed."""
     clip = record.get("clip")
     if not isinstance(clip, dict) or not isinstance(clip.get("vectors"), list):
-        return ()
-    return (clip.get("model"), *((e.get("time"), e.get("v")) for e in clip["vectors"]
-                                 if isinstance(e, dict)))
+        return b""
+    try:
+        data = orjson.dumps([clip.get("model"), clip["vectors"]])
+    except TypeError:
+        return b"?"
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+@dataclass
+class _Loaded:
+    """One folder read from its records at load: rows to add, and its signature."""
+
+    folder: FolderStore
+    root: Path
+    signature: str | None
+    records: dict[str, Record]
 
 
 class Library:
-    """Items of every online root, by path; thread-safe; see the module docstring."""
+    """Items of every online root; thread-safe; see the module docstring."""
 
     def __init__(self, settings: Settings, store: Store | None = None,
                  clip: ClipModel | None = None, write_indexes: bool = False):
@@ -103,14 +166,28 @@ class Library:
         self._clip = clip
         self.roots: list[Path] = []
         self.offline_roots: list[Path] = []
-        self._items: dict[int, Item] = {}
-        self._by_path: dict[tuple[Path, str], int] = {}
-        self._next_id = 0
         self.vectors: ann.VectorSet | None = None
         self._dirty: set[Path] = set()
-        self._shared: dict[tuple[object, ...], dict[str, object]] = {}  # see _compact
         self._loading = False
         self._saved_changes = -1
+        self.last_load: dict[str, float] = {}  # what the last load took from where, and its time
+        self._reset()
+
+    def _reset(self) -> None:
+        self._columns = Columns()
+        self._names: list[str] = []
+        self._blobs: list[bytes | memoryview] = []
+        self._vkeys: list[bytes] = []
+        self._folders: list[FolderStore] = []
+        self._folder_info: list[FolderInfo] = []
+        self._folder_id: dict[Path, int] = {}
+        self._signatures: list[str | None] = []  # per folder; None: not vouched for
+        self._by_path: dict[tuple[int, str], int] = {}
+        self._live = 0
+        self._edits = 0  # changes since the snapshot was written
+        self._snapshot: snapshot.Snapshot | None = None  # keeps the mapped record bytes alive
+        self._graph_as_saved = False  # the graph is the saved one, every label current
+        self.vectors = None
 
     # -- the model ------------------------------------------------------------------
     @property
@@ -136,6 +213,7 @@ class Library:
             self._load([Path(r) for r in roots])
 
     def _load(self, roots: list[Path]) -> None:
+        started = time.monotonic()
         folders: list[tuple[Path, FolderStore]] = []
         offline = []
         for root in roots:
@@ -143,30 +221,52 @@ class Library:
                 log.warning("root %s is offline; its index is kept but not served", root)
                 offline.append(root)
                 continue
-            folders.extend((root, self.store.folder(f)) for f in self._folders(root))
+            folders.extend((root, self.store.folder(f)) for f in self._folders_below(root))
         model_id = self.model_id
-        with ThreadPoolExecutor(max_workers=max(1, min(4, self.settings.jobs))) as pool:
-            loaded = list(pool.map(lambda rf: self._read_folder(rf[1], model_id), folders))
+        snap = self._read_snapshot(model_id)
+        signed = _signed_folders(snap)
+        with ThreadPoolExecutor(max_workers=max(2, min(4, self.settings.jobs))) as pool:
+            signatures = list(pool.map(lambda rf: folder_signature(rf[1]), folders))
+            reuse = [(root, folder, signed[folder.folder], sig)
+                     for (root, folder), sig in zip(folders, signatures, strict=True)
+                     if sig is not None and signed.get(folder.folder, (None, ""))[1] == sig]
+            reused = {folder.folder for _, folder, _, _ in reuse}
+            fresh = list(pool.map(
+                lambda args: _Loaded(args[1], args[0], args[2], args[1].records(full=False)),
+                [(root, folder, sig) for (root, folder), sig in zip(folders, signatures, strict=True)
+                 if folder.folder not in reused]))
         with self.lock:
             self.roots, self.offline_roots = roots, offline
-            self._items.clear()
-            self._by_path.clear()
-            self.vectors = None
+            self._reset()
             self._loading = True
+            vector_rows = _NO_ROWS
             try:
-                self._reserve([index for _, index in loaded if index is not None])
-                for (root, folder), (records, index) in zip(folders, loaded, strict=True):
-                    self._add_folder(root, folder, records, index)
+                if snap is not None and reuse:
+                    self._snapshot = snap
+                    vector_rows = self._add_from_snapshot(snap, reuse)
+                for loaded in fresh:
+                    self._add_folder(loaded, model_id)
             finally:
                 self._loading = False
+            self._dirty.update(loaded.folder.folder for loaded in fresh)
+            self._edits = len(fresh)
             if self.vectors is not None and model_id is not None:
                 self.vectors.ann_min = self.settings.clip.ann_min
-                if not self._attach_saved_graph(model_id):
+                if not self._attach_saved_graph(snap, vector_rows):
                     self.vectors.ensure_graph()
-        log.info("library loaded: %d items, %d vectors, %d folders", len(self._items),
+            if not fresh and self.vectors is not None:
+                self._saved_changes = self.vectors.changes  # as the snapshot has it
+        read = sum(len(f.records) for f in fresh)
+        self.last_load = {"items": self._live, "from_records": read,
+                          "from_snapshot": self._live - read, "folders": len(folders),
+                          "folders_read": len(fresh), "seconds": round(time.monotonic() - started, 3)}
+        log.info("library loaded in %.1f s: %d items (%d read from records), %d vectors, "
+                 "%d folders", time.monotonic() - started, self._live, read,
                  len(self.vectors) if self.vectors is not None else 0, len(folders))
+        if fresh and (snap is None or read > SNAPSHOT_SAVE_SHARE * max(1, self._live)):
+            self.save_snapshot()
 
-    def _folders(self, root: Path) -> Iterator[Path]:
+    def _folders_below(self, root: Path) -> Iterator[Path]:
         """Folders below ``root`` that hold scanpixd data (excluded folders left out)."""
         excluder = Excluder.from_settings(self.settings)
         stack = [(root, "")]
@@ -183,91 +283,94 @@ class Library:
                 if not excluder.excluded_child(rel, entry.name, is_dir=True):
                     stack.append((Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name))
 
-    def _read_folder(self, folder: FolderStore, model_id: str | None
-                     ) -> tuple[dict[str, Record], ann.FolderIndex | None]:
-        records = folder.records(full=False)  # a listing: raw metadata dumps stay on disk
-        if model_id is None:
-            return records, None
-        try:
-            index = ann.load_or_rebuild(folder, records, model_id, write=self.write_indexes)
-        except Exception as exc:  # a broken folder index must not stop the library
-            log.warning("vector index of %s: %s", folder.folder, exc)
-            index = ann.load_or_rebuild(folder, records, model_id, write=False)
-        return records, index
-
-    def _add_folder(self, root: Path, folder: FolderStore, records: dict[str, Record],
-                    index: ann.FolderIndex | None) -> None:
-        by_name: dict[str, list[int]] = {}
-        if index is not None:
-            for position, label in enumerate(index.labels):
-                by_name.setdefault(label.name, []).append(position)
+    def _add_folder(self, loaded: _Loaded, model_id: str | None) -> None:
+        folder_id = self._folder_index(loaded.folder, loaded.root, loaded.signature)
+        records = loaded.records
         for name in sorted(records):
-            item = self._new_item(root, folder, name, records[name])
-            positions = by_name.get(name)
-            if positions and index is not None:
-                times = [index.labels[p].time for p in positions]
-                item.rows = self._vector_set(index.dim).add(index.vectors[positions], item.id, times)
-                item.vector_key = _vector_key(records[name])
+            self._append(folder_id, name, records[name], model_id)
 
-    def _reserve(self, indexes: list[ann.FolderIndex]) -> None:
-        """Make room for every vector about to be added (of the width most folders have)."""
-        widths = Counter(index.dim for index in indexes if index.labels)
-        if widths:
-            dim = widths.most_common(1)[0][0]
-            self._vector_set(dim).reserve(sum(len(i.labels) for i in indexes if i.dim == dim))
+    def _folder_index(self, folder: FolderStore, root: Path, signature: str | None = None) -> int:
+        found = self._folder_id.get(folder.folder)
+        if found is not None:
+            return found
+        self._folder_id[folder.folder] = len(self._folders)
+        self._folders.append(folder)
+        self._folder_info.append(FolderInfo(folder.folder, root))
+        self._signatures.append(signature)
+        return len(self._folders) - 1
 
-    def _new_item(self, root: Path, folder: FolderStore, name: str, record: Record) -> Item:
-        item = Item(self._next_id, root, folder, name, self._compact(record))
-        self._next_id += 1
-        self._items[item.id] = item
-        self._by_path[(folder.folder, name)] = item.id
-        return item
-
-    def _compact(self, record: Record) -> Record:
-        """:func:`slim`, with parts that many records hold alike shared between them.
-
-        Which stages ran, the media kind and size, an event's place: one object each instead
-        of one per item (about 2 kB an item).  Item records are read-only views.
-        """
-        record = slim(record)  # parts are replaced by equal ones: no copy needed
-        for key in _SHARED_PARTS:
-            value = record.get(key)
-            if isinstance(value, dict):
-                token = (key, *value.items())
-                with contextlib.suppress(TypeError):  # an unhashable value: kept as it is
-                    record[key] = self._shared.setdefault(token, value)
-        return record
+    def _append(self, folder_id: int, name: str, record: Record, model_id: str | None) -> int:
+        item_id = self._columns.append(record, folder_id)
+        self._names.append(name)
+        self._blobs.append(orjson.dumps(lean(record)))
+        self._vkeys.append(_vector_key(record))
+        self._by_path[(folder_id, name)] = item_id
+        self._live += 1
+        found = ann.record_vectors(record, model_id) if model_id else []
+        if found:
+            vectors = np.stack([v for _, _, v in found])
+            rows = self._vector_set(vectors.shape[1]).add(vectors, item_id, [t for _, t, _ in found])
+            self._columns.arrays["row_start"][item_id] = rows[0]
+            self._columns.arrays["row_count"][item_id] = rows.size
+        return item_id
 
     def _vector_set(self, dim: int) -> ann.VectorSet:
         if self.vectors is None or self.vectors.dim != dim:
             if self.vectors is not None:
                 log.warning("vectors of width %d replace width %d", dim, self.vectors.dim)
-                for item in self._items.values():
-                    item.rows = _NO_ROWS
+                self._columns.arrays["row_count"][:] = 0
             threads = self.settings.clip.threads or (os.cpu_count() or 1)
             ann_min = sys.maxsize if self._loading else self.settings.clip.ann_min
             self.vectors = ann.VectorSet(dim, ann_min=ann_min, threads=threads,
-                                         on_graph=self.save_graph)
+                                         on_graph=self._on_graph)
         return self.vectors
 
     # -- reading --------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._items)
+        return self._live
 
     def items(self) -> list[Item]:
         """A snapshot of every item (safe to iterate while the library changes)."""
         with self.lock:
-            return list(self._items.values())
+            return [self._item(int(i)) for i in np.flatnonzero(self._columns.alive)]
 
     def item(self, item_id: int) -> Item | None:
-        return self._items.get(item_id)
+        with self.lock:
+            if 0 <= item_id < self._columns.size and self._columns.alive[item_id]:
+                return self._item(item_id)
+            return None
+
+    def _item(self, item_id: int) -> Item:
+        c = self._columns.arrays
+        folder_id = int(c["folder"][item_id])
+        count = int(c["row_count"][item_id])
+        rows = np.arange(int(c["row_start"][item_id]), int(c["row_start"][item_id]) + count) \
+            if count else _NO_ROWS
+        return Item(self, item_id, self._folder_info[folder_id].root, self._folders[folder_id],
+                    self._names[item_id], self._blobs[item_id], rows)
 
     def get(self, path: Path) -> Item | None:
         """The item of an absolute file path, if the library holds it."""
         path = Path(os.path.abspath(path))
         with self.lock:
-            item_id = self._by_path.get((path.parent, path.name))
-            return None if item_id is None else self._items.get(item_id)
+            folder_id = self._folder_id.get(path.parent)
+            item_id = None if folder_id is None else self._by_path.get((folder_id, path.name))
+            return None if item_id is None else self._item(item_id)
+
+    def view(self) -> ColumnView:
+        """The columns filters read (call with :attr:`lock` held, and use while held)."""
+        return ColumnView(self._columns, self._folder_info, self.item)
+
+    def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
+        """Every vector row of the given items, in their order."""
+        c = self._columns.arrays
+        starts, counts = c["row_start"][item_ids], c["row_count"][item_ids].astype(np.int64)
+        keep = counts > 0
+        starts, counts = starts[keep], counts[keep]
+        if not counts.size:
+            return _NO_ROWS
+        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        return offsets + np.arange(int(counts.sum()))
 
     def root_of(self, path: Path) -> Path | None:
         """The (longest) configured root that contains ``path``."""
@@ -276,7 +379,7 @@ class Library:
         return max(found, key=lambda r: len(r.parts)) if found else None
 
     def full_record(self, item: Item) -> Record:
-        """The item's record as stored (with the raw metadata dump)."""
+        """The item's record as stored (with the raw metadata dump and the vectors)."""
         return item.folder.read(item.name) or item.record
 
     def vectors_of(self, item: Item) -> np.ndarray:
@@ -284,7 +387,10 @@ class Library:
         with self.lock:
             if self.vectors is None or not item.rows.size:
                 return np.zeros((0, self.vectors.dim if self.vectors else 0), np.float32)
-            return self.vectors.vectors(item.rows).copy()
+            try:
+                return np.array(self.vectors.vectors(item.rows))
+            except KeyError:  # replaced since the item was taken
+                return np.zeros((0, self.vectors.dim), np.float32)
 
     # -- changes --------------------------------------------------------------------
     def update(self, folder: FolderStore | Path, name: str, record: Record) -> Item | None:
@@ -294,29 +400,24 @@ class Library:
         if root is None:
             return None
         model_id = self.model_id
-        found = ann.record_vectors(record, model_id) if model_id else []
         with self.lock:
-            old_id = self._by_path.get((folder.folder, name))
-            old = self._items.get(old_id) if old_id is not None else None
+            folder_id = self._folder_index(folder, root)
+            self._touched(folder_id)
+            old = self._by_path.get((folder_id, name))
             key = _vector_key(record)
-            if old is not None and old.rows.size and old.vector_key == key:
-                old.record = self._compact(record)  # same vectors (a cheaper stage wrote): keep the rows
-                return old
-            self._drop(folder.folder, name)
-            item = self._new_item(root, folder, name, record)
-            if found:
-                vectors = np.stack([v for _, _, v in found])
-                item.rows = self._vector_set(vectors.shape[1]).add(
-                    vectors, item.id, [t for _, t, _ in found])
-                item.vector_key = key
-            self._dirty.add(folder.folder)
-            return item
+            if old is not None and self._columns.row_count[old] and self._vkeys[old] == key:
+                self._columns.set(old, record, folder_id)  # same vectors: keep the rows
+                self._blobs[old] = orjson.dumps(lean(record))
+                return self._item(old)
+            self._drop(folder_id, name)
+            return self._item(self._append(folder_id, name, record, model_id))
 
     def remove(self, folder: FolderStore | Path, name: str) -> None:
         folder = self._folder(folder)
         with self.lock:
-            if self._drop(folder.folder, name):
-                self._dirty.add(folder.folder)
+            folder_id = self._folder_id.get(folder.folder)
+            if folder_id is not None and self._drop(folder_id, name):
+                self._touched(folder_id)
 
     def move(self, source: FolderStore | Path, old_name: str, target: FolderStore | Path,
              new_name: str, record: Record) -> Item | None:
@@ -327,90 +428,130 @@ class Library:
     def remove_folder(self, folder: Path) -> None:
         """Forget every item directly in ``folder`` (deleted, or moved out of the roots)."""
         with self.lock:
-            for key in [k for k in self._by_path if k[0] == folder]:
+            folder_id = self._folder_id.get(folder)
+            if folder_id is None:
+                return
+            for key in [k for k in self._by_path if k[0] == folder_id]:
                 self._drop(*key)
+            self._touched(folder_id)
 
-    def _drop(self, folder: Path, name: str) -> bool:
-        item_id = self._by_path.pop((folder, name), None)
+    def _touched(self, folder_id: int) -> None:
+        self._signatures[folder_id] = None  # the snapshot can no longer vouch for it
+        self._dirty.add(self._folders[folder_id].folder)
+        self._edits += 1
+
+    def _drop(self, folder_id: int, name: str) -> bool:
+        item_id = self._by_path.pop((folder_id, name), None)
         if item_id is None:
             return False
-        item = self._items.pop(item_id)
-        if self.vectors is not None and item.rows.size:
-            self.vectors.remove(item.rows)
+        self._columns.kill(item_id)
+        self._blobs[item_id] = b"{}"
+        self._live -= 1
+        count = int(self._columns.row_count[item_id])
+        if self.vectors is not None and count:
+            start = int(self._columns.row_start[item_id])
+            self.vectors.remove(range(start, start + count))
         return True
 
     def _folder(self, folder: FolderStore | Path) -> FolderStore:
         return folder if isinstance(folder, FolderStore) else self.store.folder(Path(folder))
 
-    # -- the saved graph ------------------------------------------------------------
-    def _graph_paths(self, model_id: str) -> tuple[Path, Path]:
-        """Where the library-wide graph is kept between runs (machine-specific: the cache)."""
-        digest = hashlib.blake2b(model_id.encode(), digest_size=8).hexdigest()
-        base = self.settings.cache_dir / "ann" / f"clip-{digest}"
-        return base.with_suffix(".hnsw"), base.with_suffix(".json")
+    # -- the snapshot -----------------------------------------------------------------
+    def _snapshot_path(self, model_id: str | None) -> Path:
+        digest = hashlib.blake2b((model_id or "").encode(), digest_size=8).hexdigest()
+        return self.settings.cache_dir / "library" / f"snapshot-{digest}.bin"
 
-    def _row_keys(self) -> dict[int, str]:
-        """Row -> "folder/name, position in the item, content hash": what a label held."""
-        assert self.vectors is not None
-        digests = self.vectors.digests()
-        keys = {}
-        for item in self._items.values():
-            for position, row in enumerate(item.rows.tolist()):
-                if row in digests:
-                    keys[row] = f"{item.path}\x00{position}\x00{digests[row]}"
-        return keys
+    def _read_snapshot(self, model_id: str | None) -> snapshot.Snapshot | None:
+        snap = snapshot.read(self._snapshot_path(model_id))
+        if snap is None:
+            return None
+        wanted = {"format": SNAPSHOT_FORMAT, "record_format": RECORD_FORMAT, "model": model_id,
+                  "columns": sorted(COLUMNS)}
+        if any(snap.meta.get(k) != v for k, v in wanted.items()):
+            return None
+        return snap
 
-    def save_graph(self) -> bool:
-        """Save the library-wide graph to the cache, so the next start need not rebuild it."""
+    def _add_from_snapshot(self, snap: snapshot.Snapshot, reuse: list[tuple[Any, ...]]
+                           ) -> np.ndarray:
+        """Rows of the folders whose records are as the snapshot signed them, in bulk;
+        returns where each of the snapshot's vectors went (-1: not taken)."""
+        parts = []
+        for root, folder, (index, _), signature in reuse:
+            folder_id = self._folder_index(folder, root, signature)
+            start, count = snap.meta["folders"][index][2:4]
+            parts.append((folder_id, start, count))
+        take = np.concatenate([np.arange(s, s + n) for _, s, n in parts]) if parts else _NO_ROWS
+        folder_ids = np.concatenate([np.full(n, f, np.int32) for f, _, n in parts]) \
+            if parts else np.zeros(0, np.int32)
+        return _SnapshotRows(snap, take).copy_into(self, folder_ids)
+
+    def save_snapshot(self) -> bool:
+        """Write the snapshot of what is loaded (see the module docstring)."""
         model_id = self.model_id
+        path = self._snapshot_path(model_id)
         with self.lock:
-            exported = self.vectors.export() if self.vectors is not None else None
-            if model_id is None or exported is None or self.vectors is None:
-                return False
-            if self._saved_changes == self.vectors.changes:
-                return True
-            graph, label_rows = exported
-            keys = self._row_keys()
-            labels = [keys.get(int(row)) if row >= 0 else None for row in label_rows]
-            graph_path, meta_path = self._graph_paths(model_id)
             try:
-                graph_path.parent.mkdir(parents=True, exist_ok=True)
-                checksum = ann.save_graph_file(graph, graph_path)
-                atomic.write_json(meta_path, {"model": model_id, "dim": self.vectors.dim,
-                                              "checksum": checksum, "labels": labels})
+                order = _write_snapshot(self, path, model_id)
             except OSError as exc:
-                log.warning("cannot save the vector graph in %s: %s", graph_path.parent, exc)
+                log.warning("cannot save the library snapshot in %s: %s", path.parent, exc)
                 return False
-            self._saved_changes = self.vectors.changes
+            self._edits = 0
+            self._saved_changes = self.vectors.changes if self.vectors is not None else -1
+            self._map_blobs(path, order)
         return True
 
-    def _attach_saved_graph(self, model_id: str) -> bool:
+    def _map_blobs(self, path: Path, order: np.ndarray) -> None:
+        """Point the records at the file just written, so their bytes leave the heap."""
+        snap = snapshot.read(path)
+        if snap is None:
+            return
+        blobs, ends = snap.bytes_view("blobs"), snap.array("blob_ends")
+        start = 0
+        for position, item_id in enumerate(order.tolist()):
+            end = int(ends[position])
+            self._blobs[item_id] = blobs[start:end]
+            start = end
+        self._snapshot = snap
+
+    # -- the saved graph ------------------------------------------------------------
+    def _graph_path(self, model_id: str | None) -> Path:
+        return self._snapshot_path(model_id).with_suffix(".hnsw")
+
+    def _on_graph(self) -> None:
+        """A graph was built: keep it (with the snapshot it maps into) for the next start,
+        unless it is the saved one, whole, and nothing changed since."""
+        if not (self._graph_as_saved and not self._edits):
+            self.save_snapshot()
+
+    def _attach_saved_graph(self, snap: snapshot.Snapshot | None, vector_rows: np.ndarray) -> bool:
+        """Use the graph saved with ``snap``; ``vector_rows[r]`` is the row now holding the
+        snapshot's vector ``r`` (-1: not loaded from the snapshot)."""
         vectors = self.vectors
-        assert vectors is not None
-        if len(vectors) < vectors.ann_min:
+        if vectors is None or snap is None or len(vectors) < vectors.ann_min \
+                or not isinstance(snap.meta.get("graph"), str):
             return False
-        graph_path, meta_path = self._graph_paths(model_id)
-        meta = atomic.read_json(meta_path)
-        if not isinstance(meta, dict) or meta.get("model") != model_id \
-                or meta.get("dim") != vectors.dim or not isinstance(meta.get("labels"), list):
-            return False
-        graph = ann.read_graph_file(graph_path, vectors.dim, str(meta.get("checksum")))
-        if graph is None:
-            return False
-        by_key = {key: row for row, key in self._row_keys().items()}
-        label_rows = np.array([by_key.get(k, -1) if isinstance(k, str) else -1
-                               for k in meta["labels"]], dtype=np.int64)
-        if graph.get_current_count() != label_rows.size:
+        labels = snap.array("graph_labels")  # graph label -> snapshot vector (-1: none)
+        label_rows = np.where(labels >= 0, vector_rows[np.maximum(labels, 0)], -1) \
+            if vector_rows.size else np.full(labels.size, -1, np.int64)
+        if (label_rows >= 0).sum() < len(vectors) // 2:
+            return False  # mostly changed: a new graph is as quick and better balanced
+        graph = ann.read_graph_file(self._graph_path(self.model_id), vectors.dim, snap.meta["graph"])
+        if graph is None or graph.get_current_count() != label_rows.size:
             return False
         vectors.attach(graph, label_rows)
-        log.info("vector graph reused from %s (%d of %d labels current)", graph_path,
-                 int((label_rows >= 0).sum()), label_rows.size)
+        self._graph_as_saved = bool((label_rows >= 0).all()) and label_rows.size == len(vectors)
+        log.info("vector graph reused (%d of %d labels current)", int((label_rows >= 0).sum()),
+                 label_rows.size)
         return True
 
     def close(self) -> None:
-        """Save what is worth keeping (the library-wide graph) before the process ends."""
+        """Save what is worth keeping (the graph, the snapshot) before the process ends."""
         self.flush()
-        self.save_graph()
+        if self.vectors is not None:
+            self.vectors.wait_for_graph(timeout=60)
+        changed = self.vectors is not None and self.vectors.changes != self._saved_changes
+        if self._edits or changed:
+            self.save_snapshot()
 
     def compact(self) -> None:
         """Drop the rows of replaced and removed vectors (a new graph is built meanwhile)."""
@@ -419,11 +560,13 @@ class Library:
             if old is None:
                 return
             self.vectors = None
-            for item in self._items.values():
-                if item.rows.size:
-                    times = [old.time(int(r)) for r in item.rows]
-                    item.rows = self._vector_set(old.dim).add(old.vectors(item.rows), item.id,
-                                                              times)
+            c = self._columns
+            for item_id in np.flatnonzero(c.alive & (c.row_count > 0)).tolist():
+                start, count = int(c.row_start[item_id]), int(c.row_count[item_id])
+                rows = np.arange(start, start + count)
+                times = [old.time(int(r)) for r in rows]
+                new = self._vector_set(old.dim).add(old.vectors(rows), item_id, times)
+                c.arrays["row_start"][item_id] = new[0]
 
     def flush(self) -> int:
         """Rewrite the portable index of every folder changed since the last flush, and
@@ -438,7 +581,185 @@ class Library:
         for path in sorted(dirty):
             folder = self.store.folder(path)
             try:
-                ann.refresh(folder, model_id)
+                ann.load_or_rebuild(folder, folder.records(full=False), model_id)
             except OSError as exc:
                 log.warning("cannot write the vector index of %s: %s", path, exc)
         return len(dirty)
+
+
+# -- folder signatures ----------------------------------------------------------------------
+def folder_signature(folder: FolderStore) -> str | None:
+    """A digest of every record file's name, size, mtime, ctime and inode; None when a file
+    changed too recently to tell versions apart, or the folder has sync conflicts."""
+    digest = hashlib.blake2b(digest_size=16)
+    settled = time.time_ns() - RACY_NS
+    for base in folder.read_dirs:
+        directory = base / "records"
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted((e for e in it if e.name.endswith(".json")), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            digest.update(b"\x01")
+            continue
+        except OSError:
+            return None
+        digest.update(os.fsencode(directory) + b"\x00")
+        for entry in entries:
+            if atomic.is_temp_name(entry.name):
+                continue
+            if "sync-conflict" in entry.name or ".conflict" in entry.name:
+                return None
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                return None
+            if max(st.st_mtime_ns, st.st_ctime_ns) >= settled:
+                return None
+            digest.update(os.fsencode(entry.name) + b"\x00" + np.array(
+                [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino], dtype=np.uint64).tobytes())
+    return digest.hexdigest()
+
+
+def _signed_folders(snap: snapshot.Snapshot | None) -> dict[Path, tuple[int, str]]:
+    """Folder -> (its index in the snapshot, its signature), for signed folders."""
+    if snap is None:
+        return {}
+    out = {}
+    for index, entry in enumerate(snap.meta.get("folders") or ()):
+        if isinstance(entry, list) and len(entry) == 4 and isinstance(entry[1], str):
+            out[Path(os.fsdecode(base64.b64decode(entry[0])))] = (index, entry[1])
+    return out
+
+
+# -- the snapshot's rows ----------------------------------------------------------------------
+class _SnapshotRows:
+    """The rows ``take`` of a snapshot, copied into a library being loaded."""
+
+    def __init__(self, snap: snapshot.Snapshot, take: np.ndarray):
+        self.snap = snap
+        self.take = take
+
+    def copy_into(self, library: Library, folder_ids: np.ndarray) -> np.ndarray:
+        snap, take = self.snap, self.take
+        columns = library._columns
+        first = columns.size
+        columns.reserve(take.size)
+        for name in COLUMNS:
+            columns.arrays[name][first: first + take.size] = snap.array(f"col.{name}")[take]
+        columns.arrays["folder"][first: first + take.size] = folder_ids
+        columns.size += take.size
+        self._remap(columns, "camera", columns.cameras, [tuple(v) for v in snap.meta["cameras"]],
+                    first)
+        self._remap(columns, "place", columns.places,
+                    [tuple(tuple(kv) for kv in v) for v in snap.meta["places"]], first)
+        self._names_and_blobs(library)
+        vector_rows = self._vectors(library, first)
+        ids = range(first, first + take.size)
+        library._by_path.update(((int(f), n), i) for f, n, i in
+                                zip(folder_ids.tolist(), library._names[first:], ids, strict=True))
+        library._live += int(columns.alive[first:].sum())
+        return vector_rows
+
+    @staticmethod
+    def _remap(columns: Columns, name: str, table: Any, values: list[Any], first: int) -> None:
+        mapping = np.array([table.id(v) for v in values] or [0], dtype=np.int32)
+        column = columns.arrays[name][first: columns.size]
+        valid = column >= 0
+        column[valid] = mapping[column[valid]]
+
+    def _names_and_blobs(self, library: Library) -> None:
+        snap, take = self.snap, self.take
+        names, name_ends = snap.bytes_view("names"), snap.array("name_ends")
+        blobs, blob_ends = snap.bytes_view("blobs"), snap.array("blob_ends")
+        vkeys = snap.array("vkeys")
+        for i in take.tolist():
+            start = int(name_ends[i - 1]) if i else 0
+            library._names.append(os.fsdecode(bytes(names[start: int(name_ends[i])])))
+            start = int(blob_ends[i - 1]) if i else 0
+            library._blobs.append(blobs[start: int(blob_ends[i])])
+            key = vkeys[i].tobytes()
+            library._vkeys.append(b"" if key == _NO_KEY else key)
+
+    def _vectors(self, library: Library, first: int) -> np.ndarray:
+        """Vectors of the rows taken, in bulk; returns where each snapshot vector went."""
+        snap, take = self.snap, self.take
+        if "vectors" not in snap.meta.get("with", ()):
+            library._columns.arrays["row_count"][first: first + take.size] = 0
+            return _NO_ROWS
+        counts = snap.array("col.row_count")[take].astype(np.int64)
+        starts = snap.array("col.row_start")[take]
+        keep = counts > 0
+        placed = np.full(snap.array("vector_times").size, -1, dtype=np.int64)
+        if not keep.any():
+            return placed
+        rows = np.repeat(starts[keep] - np.concatenate([[0], np.cumsum(counts[keep])[:-1]]),
+                         counts[keep]) + np.arange(int(counts.sum()))
+        owners = np.repeat(np.arange(first, first + take.size)[keep], counts[keep])
+        times = snap.array("vector_times")[rows]
+        vector_set = library._vector_set(int(snap.meta["dim"]))
+        stored = snap.array("vectors")
+        contiguous = bool(rows.size) and bool((np.diff(rows) == 1).all())
+        block = stored[int(rows[0]): int(rows[-1]) + 1] if contiguous else stored[rows]
+        new_rows = vector_set.add_block(block, owners, times)
+        item_first = np.concatenate([[0], np.cumsum(counts[keep])[:-1]])
+        library._columns.arrays["row_start"][first: first + take.size][keep] = new_rows[item_first]
+        placed[rows] = new_rows
+        return placed
+
+
+def _write_graph(library: Library, path: Path, rows: np.ndarray, meta: dict[str, Any],
+                 arrays: dict[str, np.ndarray]) -> None:
+    """The graph beside the snapshot, its labels mapped to the snapshot's vector order."""
+    assert library.vectors is not None
+    exported = library.vectors.export()
+    if exported is None:
+        return
+    graph, label_rows = exported
+    position = np.full(max(int(rows.max()) + 1 if rows.size else 0, int(label_rows.max(initial=-1)) + 1),
+                       -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    arrays["graph_labels"] = np.where(label_rows >= 0, position[np.maximum(label_rows, 0)], -1)
+    meta["graph"] = ann.save_graph_file(graph, path)
+
+
+def _write_snapshot(library: Library, path: Path, model_id: str | None) -> np.ndarray:
+    """Write what ``library`` holds to ``path``; returns the item ids in the order written."""
+    c = library._columns
+    alive = np.flatnonzero(c.alive)
+    order = alive[np.argsort(c.folder[alive], kind="stable")]
+    folders, starts = np.unique(c.folder[order], return_index=True)
+    counts = np.diff(np.append(starts, order.size))
+    names = [os.fsencode(library._names[i]) for i in order.tolist()]
+    blobs = [library._blobs[i] for i in order.tolist()]
+    meta: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT, "record_format": RECORD_FORMAT, "model": model_id,
+        "columns": sorted(COLUMNS), "cameras": c.cameras.values,
+        "places": [list(p) for p in c.places.values],
+        "folders": [[base64.b64encode(os.fsencode(library._folders[f].folder)).decode(),
+                     library._signatures[f], int(s), int(n)]
+                    for f, s, n in zip(folders.tolist(), starts.tolist(), counts.tolist(), strict=True)],
+        "with": [],
+    }
+    arrays: dict[str, np.ndarray] = {f"col.{name}": c.arrays[name][order] for name in COLUMNS}
+    arrays["names"] = np.frombuffer(b"".join(names), dtype=np.uint8)
+    arrays["name_ends"] = np.cumsum([len(n) for n in names], dtype=np.int64)
+    arrays["blob_ends"] = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+    arrays["blobs"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    arrays["vkeys"] = np.frombuffer(b"".join((library._vkeys[i] or _NO_KEY).ljust(8, b"\x00")[:8]
+                                             for i in order.tolist()), dtype=np.uint8).reshape(-1, 8)
+    vectors = library.vectors
+    if vectors is not None and model_id is not None:
+        counts_v = c.row_count[order].astype(np.int64)
+        rows = library.rows_of(order)
+        arrays["col.row_start"] = np.concatenate([[0], np.cumsum(counts_v)[:-1]]).astype(np.int64)
+        arrays["vectors"] = np.concatenate(
+            [vectors.vectors(rows[i:i + 8192]) for i in range(0, rows.size, 8192)]
+            or [np.zeros((0, vectors.dim), np.float32)])
+        arrays["vector_times"] = np.array([np.nan if (t := vectors.time(int(r))) is None else t
+                                           for r in rows.tolist()], dtype=np.float64)
+        meta["with"], meta["dim"] = ["vectors"], vectors.dim
+        _write_graph(library, path.with_suffix(".hnsw"), rows, meta, arrays)
+    snapshot.write(path, meta, arrays)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+    return order

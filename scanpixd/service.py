@@ -81,6 +81,17 @@ class LibraryService:
         self.library.load(self.roots)
         self._people = None
         self.loaded.set()
+        if self.library.write_indexes:  # folders read from their records: check their indexes
+            threading.Thread(target=self._refresh_indexes, name="index-refresh", daemon=True).start()
+
+    def _refresh_indexes(self) -> None:
+        from scanpixd.notify import lower_thread_priority
+
+        lower_thread_priority()
+        try:
+            self.library.flush()
+        except Exception:  # the next change refreshes them again
+            log.exception("refreshing the folders' vector indexes failed")
 
     def attach(self, scheduler: Scheduler, watcher: Watcher) -> None:
         self._scheduler, self._watcher = scheduler, watcher

@@ -6,7 +6,6 @@ these tests need no model at all.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +74,7 @@ def test_load_reads_every_folder_and_keeps_records_slim(settings: Settings, phot
     assert "raw" in library.full_record(item)["metadata"]
     assert library.get(root / "f0" / "other-model.jpg").rows.size == 0  # type: ignore[union-attr]
     assert nearest(library, data[77]) == "IMG_077.jpg"
+    assert library.flush() == 3  # folders read from their records: their indexes are checked
     for sub in ("f0", "f1", "f2"):  # the portable per-folder index came up to date
         meta = ann.read_meta(Store(settings).folder(root / sub))
         assert meta is not None and meta["model"] == MODEL and meta["count"] == 40
@@ -91,55 +91,6 @@ def test_an_offline_root_is_reported_not_purged(settings: Settings, photos, tmp_
     library = Library(settings)
     library.load([root, tmp_path / "unplugged-disk"])
     assert library.offline_roots == [tmp_path / "unplugged-disk"] and len(library) == 121
-
-
-def test_the_graph_is_saved_and_reused_across_starts(settings: Settings, photos, caplog):
-    root, data = photos
-    settings.clip.ann_min = 50
-    first = Library(settings)
-    first.load([root])
-    assert first.vectors is not None
-    first.vectors.wait_for_graph()
-    assert first.vectors.has_graph
-    first.close()
-
-    # Between runs: one file deleted, one added.
-    store = Store(settings)
-    store.folder(root / "f0").remove("IMG_003.jpg")
-    (root / "f0" / "IMG_003.jpg").unlink()
-    fresh = unit(np.random.default_rng(9), 1)
-    write(settings, root / "f3", "NEW.jpg", fresh)
-
-    caplog.set_level(logging.INFO, logger="scanpixd.library")
-    second = Library(settings)
-    second.load([root])
-    assert "vector graph reused" in caplog.text and "119 of 120 labels current" in caplog.text
-    assert second.vectors is not None
-    second.vectors.wait_for_graph()
-    assert second.vectors.has_graph
-    assert nearest(second, fresh[0]) == "NEW.jpg"
-    assert nearest(second, data[3]) != "IMG_003.jpg"
-    for i in (0, 60, 119):
-        assert nearest(second, data[i]) == f"IMG_{i:03d}.jpg"
-
-
-def test_a_damaged_saved_graph_is_rebuilt(settings: Settings, photos, caplog):
-    root, data = photos
-    settings.clip.ann_min = 50
-    first = Library(settings)
-    first.load([root])
-    assert first.vectors is not None
-    first.vectors.wait_for_graph()
-    first.close()
-    graph_file = next((settings.cache_dir / "ann").glob("*.hnsw"))
-    graph_file.write_bytes(graph_file.read_bytes()[:1000])
-    caplog.set_level(logging.INFO, logger="scanpixd.library")
-    second = Library(settings)
-    second.load([root])
-    assert "reused" not in caplog.text
-    assert second.vectors is not None
-    second.vectors.wait_for_graph()
-    assert second.vectors.has_graph and nearest(second, data[42]) == "IMG_042.jpg"
 
 
 def test_video_frames_are_searched_per_frame_and_report_their_time(settings: Settings,

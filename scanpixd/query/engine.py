@@ -36,6 +36,7 @@ from PIL import Image, ImageOps
 
 from scanpixd.errors import ModelUnavailable, QueryError
 from scanpixd.library import Item, Library
+from scanpixd.query.columns import accept_mask
 from scanpixd.query.tree import BasicContext, MatchContext, Query, SemanticTerm, SimilarTerm
 from scanpixd.record import Record
 from scanpixd.store.ann import matvec
@@ -85,7 +86,7 @@ def search(library: Library, query: Query, ctx: MatchContext | None = None, limi
         selected = _selected(library, query, ctx)
         if not any(not t.negative for t in terms):
             return _listing(library, selected, terms, limit)
-        return _ranked(library, selected, terms, limit)
+        return _ranked(library, selected if query.filters else None, terms, limit)
 
 
 # -- terms ------------------------------------------------------------------------------
@@ -170,53 +171,56 @@ def _calibrate(library: Library, terms: list[_Term]) -> None:
 
 
 # -- selection --------------------------------------------------------------------------
-def _selected(library: Library, query: Query, ctx: MatchContext) -> list[Item] | None:
-    """Items every filter accepts (None: no filter, every item)."""
-    if not query.filters:
-        return None
-    out = []
-    for item in library.items():
-        if item.record.get("status") == "failed":
-            continue
+def _selected(library: Library, query: Query, ctx: MatchContext) -> np.ndarray:
+    """Ids of the items every filter accepts (failed files never), as one array operation
+    per filter over the library's columns."""
+    view = library.view()
+    columns = view.columns
+    keep = columns.alive & ~columns.failed
+    for f in query.filters:
         try:
-            if query.accepts(item, ctx):
-                out.append(item)
+            keep &= accept_mask(f, view, ctx, keep)
         except QueryError:
             raise
-        except Exception:  # a malformed record fails a filter, it does not fail the query
-            log.debug("filter error on %s", item.path, exc_info=True)
-    return out
+    return np.flatnonzero(keep)
 
 
-def _listing(library: Library, selected: list[Item] | None, negatives: Sequence[_Term],
+def _listing(library: Library, selected: np.ndarray, negatives: Sequence[_Term],
              limit: int) -> list[Result]:
-    items = selected if selected is not None else [
-        i for i in library.items() if i.record.get("status") != "failed"]
+    """The first ``limit`` of ``selected`` by capture time (undated last), ties by path."""
     if negatives and library.vectors is not None:
-        items = [i for i in items if not _excluded(library, i, negatives)]
-    items.sort(key=lambda i: (*_capture_key(i.record), str(i.path)))
-    return [Result(i.path, None, None, i.record, i) for i in items[:limit]]
+        selected = selected[~_excluded(library, selected, negatives)]
+    if limit <= 0 or not selected.size:
+        return []
+    capture = library.view().columns.capture[selected]
+    order = np.argsort(capture, kind="stable")
+    if order.size > limit:  # keep the first ``limit`` and whatever ties with the last of them
+        order = order[capture[order] <= capture[order[limit - 1]]]
+    items = [library.item(int(i)) for i in selected[order]]
+    when = library.view().columns.capture
+    ranked = sorted((i for i in items if i is not None), key=lambda i: (when[i.id], str(i.path)))
+    return [Result(i.path, None, None, i.record, i) for i in ranked[:limit]]
 
 
-def _excluded(library: Library, item: Item, negatives: Sequence[_Term]) -> bool:
-    if not item.rows.size or library.vectors is None:
-        return False
-    matrix = library.vectors.vectors(item.rows)
-    return any(bool(np.any(t.similarity(matrix) >= t.floor)) for t in negatives)
-
-
-def _capture_key(record: Record) -> tuple[int, str]:
-    for section, key in (("taken", "utc"), ("taken", "local"), ("metadata", "taken_utc"),
-                         ("metadata", "taken_local")):
-        part = record.get(section)
-        value = part.get(key) if isinstance(part, dict) else None
-        if isinstance(value, str) and len(value) >= 10:
-            return 0, value[:10].replace(":", "-") + value[10:]
-    return 1, ""
+def _excluded(library: Library, selected: np.ndarray, negatives: Sequence[_Term]) -> np.ndarray:
+    """Which of ``selected`` match a negative term on their own (any frame over its floor)."""
+    vectors = library.vectors
+    assert vectors is not None
+    rows = library.rows_of(selected)
+    out = np.zeros(selected.size, dtype=bool)
+    if not rows.size:
+        return out
+    hit = np.zeros(rows.size, dtype=bool)
+    for start in range(0, rows.size, 8192):
+        matrix = vectors.vectors(rows[start:start + 8192])
+        for t in negatives:
+            hit[start:start + 8192] |= t.similarity(matrix) >= t.floor
+    owners = set(vectors.owner(rows[hit]).tolist())
+    return np.fromiter((int(i) in owners for i in selected), dtype=bool, count=selected.size)
 
 
 # -- ranking ----------------------------------------------------------------------------
-def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
+def _ranked(library: Library, selected: np.ndarray | None, terms: list[_Term],
             limit: int) -> list[Result]:
     vectors = library.vectors
     if vectors is None or not len(vectors) or limit <= 0:
@@ -226,9 +230,7 @@ def _ranked(library: Library, selected: list[Item] | None, terms: list[_Term],
     floor = sum(t.weight * t.floor for t in positive) / total
     combined = np.sum([t.weight * _mean_unit(t.vectors) for t in positive], axis=0)
     query = combined / (np.linalg.norm(combined) or 1.0)
-    subset = None
-    if selected is not None:
-        subset = np.concatenate([i.rows for i in selected]) if selected else np.zeros(0, np.int64)
+    subset = None if selected is None else library.rows_of(selected)
     available = len(vectors) if subset is None else subset.size
     k = min(available, limit + 32)  # grows when too few pass the floor
     while True:

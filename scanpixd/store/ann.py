@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from scanpixd.record import Record
-from scanpixd.store import atomic
+from scanpixd.store import atomic, record_cache
 from scanpixd.store.folder import FolderStore
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,30 @@ def refresh(folder: FolderStore, model_id: str, dim: int | None = None) -> Folde
     return load_or_rebuild(folder, folder.records(), model_id, dim)
 
 
+def file_keys(folder: FolderStore) -> list[list[int] | None] | None:
+    """Stat keys of the index files in each place the folder's data is read from (``None``
+    for a missing file), or ``None`` while one changed within the racy window.
+
+    Equal keys mean the same bytes (see :mod:`scanpixd.store.record_cache`), so a check
+    of those files need not be repeated while the records they index are the same too.
+    """
+    since = record_cache.settled_since()
+    keys: list[list[int] | None] = []
+    for base in folder.read_dirs:
+        for name in (META_NAME, GRAPH_NAME):
+            try:
+                key = record_cache.stat_key(os.stat(base / "index" / name))
+            except (FileNotFoundError, NotADirectoryError):
+                keys.append(None)
+                continue
+            except OSError:
+                return None
+            if not record_cache.settled(key, since):
+                return None
+            keys.append(key)
+    return keys
+
+
 def read_meta(folder: FolderStore) -> dict[str, Any] | None:
     for base in folder.read_dirs:
         meta = atomic.read_json(base / "index" / META_NAME)
@@ -390,6 +414,9 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 # -- the in-memory set ------------------------------------------------------------------
+GRAPH_SUBSET_MIN = 20000  # a narrower subset is searched exactly; a wider one in the graph
+
+
 class VectorSet:
     """Unit vectors addressed by row, each owned by an item id; exact or HNSW search.
 
@@ -397,6 +424,12 @@ class VectorSet:
     so a row number stays valid for a reader holding it.  The graph names vectors by its
     own labels, mapped to rows, so a graph saved by an earlier run can be attached to rows
     laid out anew (:meth:`attach`).  Thread-safe.
+
+    Below ``ann_min`` vectors they live in a float32 matrix and search is exact.  Once a
+    graph holds every live vector the matrix is let go and the graph is the only copy
+    (hnswlib keeps its own float32 copy of each vector): at 100k vectors of 512 that is
+    200 MB less.  Vectors are then read back from the graph for the few rows a query
+    scores, and a narrow filtered subset is still searched exactly.
     """
 
     def __init__(self, dim: int, ann_min: int = 20000, threads: int = 1,
@@ -406,7 +439,7 @@ class VectorSet:
         self.threads = threads
         self.on_graph = on_graph  # called (in the building thread) when a graph is ready
         self._lock = threading.RLock()
-        self._matrix = np.zeros((1024, dim), dtype=np.float32)
+        self._matrix: np.ndarray | None = np.zeros((1024, dim), dtype=np.float32)
         self._owner = np.full(1024, -1, dtype=np.int64)
         self._time = np.full(1024, np.nan, dtype=np.float64)
         self._alive = np.zeros(1024, dtype=bool)
@@ -429,6 +462,11 @@ class VectorSet:
         """Rows of removed vectors still taking memory (until the set is rebuilt)."""
         return self._size - self._live
 
+    @property
+    def in_graph_only(self) -> bool:
+        """Whether the graph holds the only copy of the vectors (no matrix)."""
+        return self._matrix is None
+
     def reserve(self, count: int) -> None:
         """Room for ``count`` more rows at once: a load that knows its size grows the arrays
         once, instead of doubling (and copying) them a dozen times on the way to 100k rows."""
@@ -438,10 +476,12 @@ class VectorSet:
     def add(self, vectors: np.ndarray, owner: int, times: list[float | None]) -> np.ndarray:
         """Append rows for one item; returns their row numbers."""
         count = len(times)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(count, self.dim)
         with self._lock:
             self._grow(self._size + count)
             rows = np.arange(self._size, self._size + count)
-            self._matrix[rows] = vectors
+            if self._matrix is not None:
+                self._matrix[rows] = vectors
             self._owner[rows] = owner
             self._time[rows] = [np.nan if t is None else t for t in times]
             self._alive[rows] = True
@@ -451,7 +491,35 @@ class VectorSet:
             if self._building is not None:
                 self._added_while_building.extend(rows.tolist())
             elif self._graph is not None:
-                self._label_rows(self._graph, rows)
+                self._label_rows(self._graph, rows, vectors)
+            else:
+                self._maybe_build()
+            return rows
+
+    def add_block(self, vectors: np.ndarray, owners: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Append many rows at once (a load): ``owners[i]`` owns row i, ``times[i]`` is its
+        time (NaN: none); returns the row numbers."""
+        count = len(owners)
+        with self._lock:
+            if self._matrix is None:
+                raise RuntimeError("a block is added before the graph is built")
+            if self._size == 0:  # the first block is taken as it is (a mapped file: no copy)
+                self._matrix = vectors
+                self._reset_rows(count)
+            else:
+                self._grow(self._size + count)
+                self._matrix[self._size: self._size + count] = vectors
+            rows = np.arange(self._size, self._size + count)
+            self._owner[rows] = owners
+            self._time[rows] = times
+            self._alive[rows] = True
+            self._size += count
+            self._live += count
+            self._changes += 1
+            if self._building is not None:
+                self._added_while_building.extend(rows.tolist())
+            elif self._graph is not None:
+                self._label_rows(self._graph, rows, self._matrix[rows])
             else:
                 self._maybe_build()
             return rows
@@ -478,7 +546,18 @@ class VectorSet:
         return None if np.isnan(value) else value
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return self._matrix[rows]
+        """The vectors of live ``rows`` (a copy once the graph holds them)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            if self._matrix is not None:
+                return self._matrix[rows]
+            if not rows.size:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            labels = self._row_label[rows]
+            if (labels < 0).any():
+                raise KeyError("vectors of removed rows are gone")
+            return np.asarray(self._graph.get_items(labels.tolist(), return_type="numpy"),
+                              dtype=np.float32).reshape(rows.size, self.dim)
 
     def live_rows(self) -> np.ndarray:
         with self._lock:
@@ -493,7 +572,7 @@ class VectorSet:
             rows = self.live_rows()
             if rows.size > count:
                 rows = np.sort(np.random.default_rng(0).choice(rows, count, replace=False))
-            sample = self._matrix[rows]
+            sample = np.array(self.vectors(rows))
             self._sample = ((self._changes, count), sample)
             return sample
 
@@ -502,35 +581,50 @@ class VectorSet:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores of the ``k`` best live rows (among ``rows`` when given), best first.
 
-        Exact over a subset or a small set; through the graph when there is one and no
-        subset narrows the search.
+        Through the graph when there is one, for the whole set or a wide subset; exact
+        over a narrow subset, a small set, or when the graph cannot answer.
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         with self._lock:
-            if rows is None and self._graph is not None and k < self._live:
+            wide = rows is None or rows.size >= GRAPH_SUBSET_MIN
+            if self._graph is not None and wide and k < self._live:
                 try:
-                    return self._graph_search(query, k)
+                    return self._graph_search(query, k, rows)
                 except RuntimeError:  # too few live neighbours reachable: answer exactly
                     pass
-            if rows is None:  # every row: no gather copy of the whole matrix
+            if rows is None and self._matrix is not None:  # no gather copy of the whole matrix
                 candidates = np.flatnonzero(self._alive[: self._size])
                 scores = matvec(self._matrix[: self._size], query)[candidates]
             else:
-                candidates = rows[self._alive[rows]]
-                scores = matvec(self._matrix[candidates], query)
+                candidates = self.live_rows() if rows is None else rows[self._alive[rows]]
+                scores = self._exact_scores(candidates, query)
         top = _top(scores, min(k, scores.size))
         return candidates[top], scores[top]
 
     def scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return matvec(self._matrix[rows], query)
+        return matvec(self.vectors(rows), query)
 
-    def _graph_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_scores(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Scores of ``rows``, read in blocks (from the graph they are copies)."""
+        block = 8192
+        return np.concatenate([matvec(self.vectors(rows[i:i + block]), query)
+                               for i in range(0, rows.size, block)] or [np.zeros(0, np.float32)])
+
+    def _graph_search(self, query: np.ndarray, k: int, rows: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         self._graph.set_ef(max(HNSW_EF_MIN, 2 * k))
-        labels, dist = self._graph.knn_query(query, k=k)
-        rows = self._label_row[labels[0].astype(np.int64)]
+        if rows is None:
+            labels, dist = self._graph.knn_query(query, k=k)
+        else:
+            allowed = np.zeros(self._label_row.size, dtype=bool)
+            chosen = self._row_label[rows]
+            allowed[chosen[chosen >= 0]] = True
+            labels, dist = self._graph.knn_query(query, k=min(k, int(allowed.sum()) or 1),
+                                                 filter=lambda label: bool(allowed[label]))
+        found_rows = self._label_row[labels[0].astype(np.int64)]
         scores = (1.0 - dist[0]).astype(np.float32)
-        found = rows >= 0
-        return rows[found], scores[found]
+        found = found_rows >= 0
+        return found_rows[found], scores[found]
 
     # -- the graph ------------------------------------------------------------------
     @property
@@ -546,7 +640,7 @@ class VectorSet:
         """Use a graph built earlier: ``label_rows[label]`` is the row now holding that
         vector, or -1 when it is gone.  Rows the graph lacks are added in the background."""
         with self._lock:
-            if self._graph is not None or self._building is not None:
+            if self._graph is not None or self._building is not None or self._matrix is None:
                 return
             label_rows = np.asarray(label_rows, dtype=np.int64).copy()
             valid = label_rows >= 0
@@ -569,13 +663,6 @@ class VectorSet:
     def changes(self) -> int:
         return self._changes
 
-    def digests(self) -> dict[int, str]:
-        """Row -> short content hash of every live vector (to match a saved graph's rows)."""
-        with self._lock:
-            rows = self.live_rows()
-            return {int(r): hashlib.blake2b(self._matrix[r].tobytes(), digest_size=8).hexdigest()
-                    for r in rows}
-
     def export(self) -> tuple[Any, np.ndarray] | None:
         """The graph and its label -> row map, for saving (None while there is no graph)."""
         with self._lock:
@@ -596,6 +683,7 @@ class VectorSet:
         """Build (or complete) a graph outside the lock, catch up, publish under the lock."""
         try:
             with self._lock:
+                assert self._matrix is not None  # a set builds its first graph only
                 vectors = self._matrix[rows].copy()
                 capacity = max(2 * self._size, 1024)
             if graph is None:
@@ -603,6 +691,7 @@ class VectorSet:
                 label_rows = rows.astype(np.int64)
             else:
                 label_rows = _extend(graph, label_rows, vectors, rows, self.threads)
+            del vectors
             while True:
                 with self._lock:
                     pending = np.asarray(self._added_while_building, dtype=np.int64)
@@ -633,24 +722,35 @@ class VectorSet:
             self._row_label[label_rows[label]] = -1
             with contextlib.suppress(RuntimeError):
                 graph.mark_deleted(int(label))
-        self._label_rows(graph, pending)
+        assert self._matrix is not None
+        self._label_rows(graph, pending, self._matrix[pending])
         self._building = None
+        self._matrix = None  # the graph now holds every live vector
 
-    def _label_rows(self, graph: Any, rows: np.ndarray) -> None:
-        rows = rows[self._alive[rows]] if rows.size else rows
+    def _label_rows(self, graph: Any, rows: np.ndarray, vectors: np.ndarray) -> None:
+        alive = self._alive[rows] if rows.size else np.zeros(0, bool)
+        rows, vectors = rows[alive], vectors[alive]
         if rows.size:
-            self._label_row = _extend(graph, self._label_row, self._matrix[rows], rows, 1)
+            self._label_row = _extend(graph, self._label_row, vectors, rows, 1)
             self._row_label[rows] = np.arange(self._label_row.size - rows.size,
                                               self._label_row.size)
 
+    def _reset_rows(self, capacity: int) -> None:
+        self._owner = np.full(capacity, -1, dtype=np.int64)
+        self._time = np.full(capacity, np.nan, dtype=np.float64)
+        self._alive = np.zeros(capacity, dtype=bool)
+        self._row_label = np.full(capacity, -1, dtype=np.int64)
+
     def _grow(self, needed: int) -> None:
-        capacity = self._matrix.shape[0]
-        if needed <= capacity:
+        """Room for ``needed`` rows; the matrix is always a writable copy after."""
+        capacity = self._owner.shape[0]
+        if needed <= capacity and (self._matrix is None or self._matrix.flags.writeable):
             return
         new = max(needed, 2 * capacity)
-        matrix = np.zeros((new, self.dim), dtype=np.float32)
-        matrix[:capacity] = self._matrix
-        self._matrix = matrix
+        if self._matrix is not None:
+            matrix = np.zeros((new, self.dim), dtype=np.float32)
+            matrix[: self._matrix.shape[0]] = self._matrix
+            self._matrix = matrix
         extra = new - capacity
         self._owner = np.concatenate([self._owner, np.full(extra, -1, np.int64)])
         self._time = np.concatenate([self._time, np.full(extra, np.nan)])
