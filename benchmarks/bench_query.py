@@ -89,6 +89,31 @@ def main() -> None:
     print(f"per record: tree {tree_s / ITEMS * 1e6:.2f} us, reference {ref_s / ITEMS * 1e6:.2f} us")
     if not math.isfinite(tree_s / ref_s):
         raise RuntimeError("timer resolution too coarse")
+    columns_s, column_hits = _columns_timed(query, ctx, items)
+    if column_hits != tree_hits:
+        raise RuntimeError(f"columns and tree disagree: {column_hits} != {tree_hits}")
+    print(f"the same filters over the library's columns: {columns_s * 1e3:.1f} ms, "
+          f"{tree_s / columns_s:.0f}x faster than the tree item by item")
+
+
+def _columns_timed(query: Any, ctx: Any, items: list[Item]) -> tuple[float, int]:
+    """The engine's way: each filter one array operation over the library's columns."""
+    import numpy as np
+
+    from scanpixd.query.columns import Columns, ColumnView, FolderInfo, accept_mask
+
+    columns = Columns(len(items))
+    for item in items:
+        columns.append(item.record, 0)
+    view = ColumnView(columns, [FolderInfo(ROOT, ROOT)], lambda i: items[i])
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        keep = columns.alive.copy()
+        for f in query.filters:
+            keep &= accept_mask(f, view, ctx, keep)
+        timings.append(time.perf_counter() - start)
+    return sorted(timings)[2], int(np.count_nonzero(keep))
 
 
 if __name__ == "__main__":

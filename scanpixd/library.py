@@ -57,7 +57,7 @@ from scanpixd.store.record_cache import RACY_NS, slim
 log = logging.getLogger(__name__)
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 _NO_KEY = bytes(8)  # a record without vectors, as the snapshot writes it
 SNAPSHOT_SAVE_SHARE = 0.1  # a load that read more than this share from records saves at once
 
@@ -329,10 +329,12 @@ class Library:
     def __len__(self) -> int:
         return self._live
 
-    def items(self) -> list[Item]:
-        """A snapshot of every item (safe to iterate while the library changes)."""
+    def items(self, with_faces: bool = False) -> list[Item]:
+        """A snapshot of every item, or of those whose record lists faces (safe to iterate
+        while the library changes)."""
         with self.lock:
-            return [self._item(int(i)) for i in np.flatnonzero(self._columns.alive)]
+            wanted = self._columns.alive & self._columns.faces if with_faces else self._columns.alive
+            return [self._item(int(i)) for i in np.flatnonzero(wanted)]
 
     def item(self, item_id: int) -> Item | None:
         with self.lock:
@@ -607,7 +609,7 @@ def folder_signature(folder: FolderStore) -> str | None:
         for entry in entries:
             if atomic.is_temp_name(entry.name):
                 continue
-            if "sync-conflict" in entry.name or ".conflict" in entry.name:
+            if ".sync-conflict-" in entry.name:  # resolved on the records' own path
                 return None
             try:
                 st = entry.stat(follow_symlinks=False)

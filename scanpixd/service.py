@@ -193,7 +193,8 @@ class LibraryService:
 
             self.loaded.wait()
             people = People(self.store, self.roots, threshold=self.settings.faces.threshold)
-            people.load((i.folder.folder, i.record) for i in self.library.items() if i.record.get("faces"))
+            people.load((i.folder.folder, record) for i in self.library.items(with_faces=True)
+                        if (record := i.record).get("faces"))
             self._people = people
         return self._people
 
@@ -274,6 +275,7 @@ class LibraryService:
             "uptime": round(time.time() - self.started, 1),
             "items": self.count(),
             "loaded": self.loaded.is_set(),
+            "load": self.library.last_load,
             "roots": {str(r): {"online": r not in self.library.offline_roots} for r in self.roots},
             "models": {"clip": {"enabled": self.settings.clip.enabled, "state": clip.state,
                                 "error": clip.error}},

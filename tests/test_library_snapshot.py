@@ -195,3 +195,14 @@ def test_a_damaged_saved_graph_is_rebuilt(settings: Settings, search_photos, cap
     assert second.vectors is not None
     second.vectors.wait_for_graph()
     assert second.vectors.has_graph and nearest_name(second, data[42]) == "IMG_042.jpg"
+
+
+def test_a_folder_with_a_sync_conflict_is_read_from_its_records(settings, photos):
+    root, _ = photos
+    loaded(settings, root)
+    records = Store(settings).folder(root / "f1").record_path("IMG_040.jpg").parent
+    conflict = records / "IMG_040.jpg.sync-conflict-20260101-120000-ABCDEFG.json"
+    conflict.write_bytes((records / "IMG_040.jpg.json").read_bytes())
+    again = loaded(settings, root)
+    assert again.last_load["folders_read"] == 1 and again.last_load["from_records"] == 30
+    assert again.get(root / "f1" / "IMG_040.jpg") is not None

@@ -96,11 +96,11 @@ def test_queries_answer_over_it(library: tuple[Path, Settings, synth.Summary]) -
     assert similar and similar[0].path == sample
 
 
-def test_loaded_items_are_the_slim_records_with_alike_parts_shared(
+def test_loaded_items_are_lean_records_decoded_on_demand(
         library: tuple[Path, Settings, synth.Summary]) -> None:
     import gc
 
-    from scanpixd.store.record_cache import slim
+    from scanpixd.library import lean
 
     root, settings, _ = library
     view = Library(settings, Store(settings))
@@ -108,10 +108,8 @@ def test_loaded_items_are_the_slim_records_with_alike_parts_shared(
     assert gc.isenabled()
     items = sorted(view.items(), key=lambda i: str(i.path))
     for item in items[:20]:
-        assert item.record == slim(item.folder.records()[item.name])
-    alike: dict[tuple[object, ...], list[dict]] = {}
-    for item in items:
-        alike.setdefault(tuple(item.record["stages"].items()), []).append(item.record)
-    group = max(alike.values(), key=len)
-    assert len(group) > 1 and all(r["stages"] is group[0]["stages"] for r in group)
-    assert all(r["errors"] is group[0]["errors"] for r in group)
+        stored = item.folder.records()[item.name]
+        assert item.record == lean(stored) and "raw" not in item.record["metadata"]
+        assert item.record["clip"]["count"] == len(stored["clip"]["vectors"])
+        assert "vectors" not in item.record["clip"]
+        assert item.record is not item.record  # kept as bytes, a fresh dict on each read

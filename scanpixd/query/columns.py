@@ -13,8 +13,9 @@ the per-item test for anything the columns do not hold (``person:``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -52,8 +53,8 @@ COLUMNS: dict[str, tuple[str, Any]] = {
     "folder": ("int32", -1),
     "kind": ("int8", KIND_OTHER),
     "day": ("int32", 0),  # proleptic ordinal of the local day; 0: unknown
-    "lat": ("float32", np.nan),
-    "lon": ("float32", np.nan),
+    "lat": ("float64", np.nan),
+    "lon": ("float64", np.nan),
     "camera": ("int32", 0),
     "place": ("int32", NO_PLACE),
     "capture": ("float64", np.inf),  # sort key of the capture time; inf: none (listed last)
@@ -179,10 +180,22 @@ def capture_key(record: dict[str, Any]) -> float:
 
 @dataclass
 class FolderInfo:
-    """A folder's absolute path and the root it was found under."""
+    """A folder's absolute path and the root it was found under, and the strings the
+    ``folder:`` filter compares (made once per folder, not once per item)."""
 
     path: Path
     root: Path
+    text: str = field(init=False)
+    relative: str | None = field(init=False)  # casefolded, "/"-separated; None: not below root
+
+    def __post_init__(self) -> None:
+        self.text = str(self.path)
+        try:
+            relative = self.path.relative_to(self.root).as_posix()
+        except ValueError:
+            self.relative = None
+        else:
+            self.relative = "" if relative == "." else relative.casefold()
 
 
 @dataclass
@@ -235,20 +248,32 @@ def _match_mask(f: Filter, view: ColumnView, ctx: MatchContext, candidates: np.n
 
 def _within(lat: np.ndarray, lon: np.ndarray, lat0: float, lon0: float, radius_m: float
             ) -> np.ndarray:
-    """Haversine distance <= radius, as :func:`~scanpixd.query.tree.distance_m` computes it."""
-    phi1, phi2 = np.radians(lat0), np.radians(lat.astype(np.float64))
-    dphi, dlmb = phi2 - phi1, np.radians(lon.astype(np.float64) - lon0)
-    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
+    """Haversine distance <= radius, as :func:`~scanpixd.query.tree.distance_m` computes it,
+    on the items whose latitude is near enough to matter (a cheap comparison first)."""
+    reach = np.degrees(radius_m / EARTH_RADIUS_M) + 1e-6
     with np.errstate(invalid="ignore"):
-        distance = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-        return distance <= radius_m  # NaN (no position) compares False
+        rows = np.flatnonzero(np.abs(lat - lat0) <= reach)  # NaN (no position) compares False
+    phi1, phi2 = np.radians(lat0), np.radians(lat[rows].astype(np.float64))
+    dphi, dlmb = phi2 - phi1, np.radians(lon[rows].astype(np.float64) - lon0)
+    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
+    distance = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    out = np.zeros(lat.size, dtype=bool)
+    out[rows[distance <= radius_m]] = True
+    return out
 
 
 def _folder_mask(f: FolderFilter, view: ColumnView, ctx: MatchContext) -> np.ndarray:
-    probes = [_Probe({}, info.path / "_", info.root) for info in view.folders]
-    table = np.fromiter((f.match(p, ctx) for p in probes), dtype=bool, count=len(probes))
+    """:meth:`FolderFilter.match` decided once per folder, on strings prepared once."""
+    if f.text.startswith(("/", "~")):
+        base = os.path.normpath(os.path.expanduser(f.text))
+        below = base.rstrip("/") + "/"
+        table = [info.text == base or info.text.startswith(below) for info in view.folders]
+    else:
+        needle = f.text.removeprefix("./").strip("/").casefold()
+        table = [info.relative is not None and needle in info.relative for info in view.folders]
     folder = view.columns.folder
-    return np.where(folder >= 0, table[np.maximum(folder, 0)] if table.size else False, False)
+    decided = np.array(table, dtype=bool)
+    return np.where(folder >= 0, decided[np.maximum(folder, 0)] if decided.size else False, False)
 
 
 def _place_mask(f: PlaceFilter, view: ColumnView, ctx: MatchContext, candidates: np.ndarray
