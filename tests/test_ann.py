@@ -177,3 +177,39 @@ def test_vector_set_subset_search_is_exact():
     found, scores = vs.search(data[3], 5, subset)
     truth = subset[np.argsort(-(data[subset] @ data[3]))[:5]]
     assert list(found) == list(truth)
+
+
+def test_once_the_graph_holds_every_vector_it_is_their_only_copy(monkeypatch):
+    rng = np.random.default_rng(8)
+    data = unit(rng, 600)
+    vs = ann.VectorSet(DIM, ann_min=100)
+    rows = vs.add(data[:500], 0, [None] * 500)
+    vs.wait_for_graph()
+    assert vs.has_graph and vs.in_graph_only
+    np.testing.assert_allclose(vs.vectors(rows[[3, 400]]), data[[3, 400]], atol=1e-6)
+    assert vs.sample(50).shape == (50, DIM)
+    more = vs.add(data[500:], 1, [2.0] * 100)  # straight into the graph
+    assert vs.search(data[550], 1)[0][0] == more[50] and vs.time(int(more[50])) == 2.0
+    vs.remove(rows[:10])
+    with pytest.raises(KeyError):
+        vs.vectors(rows[:1])
+    monkeypatch.setattr(ann, "GRAPH_SUBSET_MIN", 50)  # a wide subset: the graph, filtered
+    wide = np.concatenate([rows[10:300], more])
+    found, scores = vs.search(data[250], 5, wide)
+    assert found[0] == rows[250] and set(found) <= set(wide.tolist())
+    assert np.all(np.diff(scores) <= 1e-6)
+    narrow = rows[20:60]  # narrower than GRAPH_SUBSET_MIN: exact over the subset
+    found, _ = vs.search(data[5], 3, narrow)
+    truth = narrow[np.argsort(-(data[20:60] @ data[5]))[:3]]
+    assert list(found) == list(truth)
+
+
+def test_a_first_block_is_taken_without_a_copy_and_copied_on_the_next_add():
+    rng = np.random.default_rng(9)
+    block = unit(rng, 40)
+    block.setflags(write=False)  # as a mapped snapshot file gives it
+    vs = ann.VectorSet(DIM, ann_min=10**9)
+    rows = vs.add_block(block, np.arange(40), np.full(40, np.nan))
+    assert list(rows) == list(range(40)) and vs.search(block[7], 1)[0][0] == 7
+    extra = vs.add(unit(rng, 1), 99, [None])
+    assert extra[0] == 40 and vs.search(block[7], 1)[0][0] == 7 and vs.owner(extra)[0] == 99
