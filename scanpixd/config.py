@@ -69,7 +69,7 @@ def default_socket_path() -> Path:
 class ThumbSettings:
     sizes: list[int] = field(default_factory=lambda: [256, 1024])  # long side in px; never upscaled
     quality: int = 80  # WebP quality of thumbnails (0-100)
-    method: int = 1  # WebP effort 0 (fastest) .. 6 (smallest files)
+    method: int = 0  # WebP effort 0 (fastest) .. 6 (smallest files)
     preview_seconds: float = 3.0  # length of a video's WebM preview
     preview_size: int = 320  # long side of a video preview in px
     preview_fps: float = 8.0  # frames per second of a video preview
@@ -90,6 +90,8 @@ class ClipSettings:
     batch_size: int = 16
     threads: int = 0  # 0: torch's default (one per core)
     idle_unload: float = 600.0  # seconds without use before the model is unloaded
+    image_idle_unload: float = 60.0  # seconds without image embedding before the image tower
+    #   alone is freed (text queries keep only the text tower); 0: as idle_unload
     score_floor: float = 0.2  # text queries: cosine a photo needs to count as a match
     video_frames: int = 8
     download: bool = True  # fetch a pretrained tag's weights once when not in the local cache

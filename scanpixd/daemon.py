@@ -97,8 +97,9 @@ class Daemon:
             threading.Thread(target=self._preload_clip, name="clip-preload", daemon=True).start()
 
     def _preload_clip(self) -> None:
+        """Load the text tower and run it once (its first pass costs more than the next)."""
         try:
-            self.services.clip.load()
+            self.services.clip.embed_text(["a photo"])
         except ModelUnavailable as exc:
             log.warning("semantic search unavailable: %s", exc)
 

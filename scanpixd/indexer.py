@@ -22,10 +22,11 @@ from scanpixd.config import Settings
 from scanpixd.errors import ModelUnavailable
 from scanpixd.pipeline import Job, Services, Stage, Tier, build_stages, pending, run_stages
 from scanpixd.pipeline.base import run_stage
+from scanpixd.pipeline.sniff import sniff
 from scanpixd.record import Record, new_record
 from scanpixd.scan import Plan, WorkItem, reconcile
 from scanpixd.store import FolderStore, Store
-from scanpixd.upkeep import refresh_vector_indexes, update_times
+from scanpixd.upkeep import finish_passes
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,9 @@ class Indexer:
             self.run_later(keys, Tier.MODEL, summary)
 
     def finish(self, plan: Plan, roots: list[Path]) -> None:
-        """Library-wide passes after a run: orphans swept, times inferred, vector indexes."""
-        entries: list[tuple[FolderStore, str, Record]] = []
-        folders: list[tuple[FolderStore, dict[str, Record]]] = []
-        for folder in plan.folders:
-            if not folder.exists():
-                continue
-            records = folder.records(full=False)  # listings: the passes re-read before writing
-            folder.sweep(records)
-            folders.append((folder, records))
-            entries.extend((folder, name, record) for name, record in records.items())
-        self.progress("times", 0, 1)
-        update_times(entries, roots, self.settings)
-        self.progress("times", 1, 1)
-        refresh_vector_indexes(folders, self.model_id())
+        """Library-wide passes after a run: orphans swept, times inferred, vector indexes;
+        each only where what it reads changed since it last ran (see scanpixd.upkeep)."""
+        finish_passes(plan.folders, roots, self.settings, self.model_id(), self.progress)
 
     def model_id(self) -> str | None:
         """The CLIP model's id when the embedding stage is on and its model can be named."""
@@ -150,26 +140,33 @@ class Indexer:
     # -- cheap tier -----------------------------------------------------------------
     def run_cheap(self, items: Sequence[WorkItem], summary: Summary) -> None:
         """The cheap stages for ``items`` on ``jobs`` threads (decoding, resizing and exiftool
-        run outside the GIL; worker processes measured no faster, see the README)."""
+        run outside the GIL; worker processes measured no faster, see the README).
+
+        exiftool reads metadata a batch at a time on a thread of its own while the workers
+        decode, and the first batches are small, so no worker waits for a whole batch."""
         todo = [i for i in items if i.reason != "stale" or self._pending(i.record, Tier.CHEAP)]
         if not todo:
             return
         total, done = len(todo), 0
         batch_size = max(1, self.settings.exiftool.batch_size)
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as threads:
-            in_flight: list[tuple[WorkItem, Future[Record]]] = []
-            for batch in _chunks(todo, batch_size):
-                if self.stop.is_set():
-                    break
-                metadata = self._prefetch_metadata(batch)
-                for item in batch:
-                    meta = metadata.get(item.path)
-                    record = self._record_for(item)
-                    in_flight.append((item, threads.submit(self._run_cheap_stages, item, record, meta)))
-                while len(in_flight) > 2 * batch_size:
-                    done += self._collect(in_flight.pop(0), summary, total, done)
-            for entry in in_flight:
-                done += self._collect(entry, summary, total, done)
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cheap") as threads:
+                in_flight: list[tuple[WorkItem, Future[Record]]] = []
+                for batch in _ramp(todo, batch_size):
+                    if self.stop.is_set():
+                        break
+                    metadata = reader.submit(self._prefetch_metadata, batch)
+                    for item in batch:
+                        record = self._record_for(item)
+                        in_flight.append(
+                            (item, threads.submit(self._run_cheap_stages, item, record, metadata)))
+                    while len(in_flight) > 2 * batch_size:
+                        done += self._collect(in_flight.pop(0), summary, total, done)
+                for entry in in_flight:
+                    done += self._collect(entry, summary, total, done)
+        finally:
+            reader.shutdown(cancel_futures=True)
 
     def _record_for(self, item: WorkItem) -> Record:
         if item.reason == "stale" and item.record is not None:
@@ -178,10 +175,16 @@ class Indexer:
         return new_record(item.name, item.size, item.mtime_ns, item.hash)
 
     def _run_cheap_stages(self, item: WorkItem, record: Record,
-                          metadata: dict[str, Any] | None) -> Record:
+                          metadata: Future[dict[Path, dict[str, Any]]]) -> Record:
         if self.stop.is_set():
             raise CancelledError  # stopping: files not started are left for the next run
-        run_stages(self.stages, Job(item.path, item.folder, record, metadata=metadata), Tier.CHEAP)
+        job = Job(item.path, item.folder, record)
+        if not _decodes_with_metadata(item.path):
+            # Decode while exiftool reads the file; the stages after it want its dump.
+            run_stages([s for s in self.stages if s.name == "media"], job, Tier.CHEAP)
+        if job.metadata is None:
+            job.metadata = metadata.result().get(item.path)
+        run_stages(self.stages, job, Tier.CHEAP)
         return record
 
     def _collect(self, entry: tuple[WorkItem, Future[Record]], summary: Summary, total: int,
@@ -225,45 +228,73 @@ class Indexer:
 
     # -- background and model tiers ------------------------------------------------------
     def run_later(self, keys: Sequence[tuple[FolderStore, str]], tier: Tier, summary: Summary) -> None:
+        """The stages of a later tier for ``keys``, a batch at a time on ``jobs`` workers."""
+        from scanpixd.pipeline.embed import model_worker
+
         stages = [s for s in self.stages if s.tier == tier]
         if not stages:
             return
         todo = [k for k in keys if self._read_pending(k, tier)]
         batch_size = max(1, self.settings.clip.batch_size if tier == Tier.MODEL else self.jobs)
         done = 0
-        for batch in _chunks(todo, batch_size):
-            if self.stop.is_set():
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix=tier.name.lower(),
+                                initializer=model_worker, initargs=(self.jobs,)) as pool:
+            for batch in _chunks(todo, batch_size):
+                if self.stop.is_set():
+                    return
+                loaded = pool.map(lambda key: self._load_job(key, tier), batch)
+                jobs = [job for job in loaded if job is not None]
+                self._run_stage_batch(stages, jobs, summary, pool)
+                for job in jobs:
+                    job.folder.write_if_unchanged(job.record)
+                done += len(batch)
+                self.progress(tier.name.lower(), done, len(todo))
+
+    def _run_stage_batch(self, stages: Sequence[Stage], jobs: list[Job], summary: Summary,
+                         pool: ThreadPoolExecutor) -> None:
+        """The ready stages of one tier on ``jobs``, as units of work that keep every worker
+        busy: a stage with a batched form (CLIP) runs on one slice of the batch per worker,
+        the others one job per unit (faces: dlib scans outside the GIL).  The long units are
+        queued first, so the short ones even out the end.  Stages write their own record
+        keys, so they run side by side."""
+        slices: list[tuple[Stage, list[Job]]] = []
+        singles: list[tuple[Stage, list[Job]]] = []
+        for stage in stages:
+            if stage.name in summary.unavailable or not stage.is_ready():
+                continue
+            todo = [j for j in jobs if stage in pending([stage], j.record)]
+            if type(stage).run_batch is Stage.run_batch:
+                singles.extend((stage, [job]) for job in todo)
+            elif todo:
+                size = -(-len(todo) // self.jobs)
+                slices.extend((stage, todo[i:i + size]) for i in range(0, len(todo), size))
+
+        def run(unit: tuple[Stage, list[Job]]) -> None:
+            stage, part = unit
+            if stage.name in summary.unavailable or self.stop.is_set():
                 return
-            jobs = [job for job in (self._load_job(k) for k in batch) if job is not None]
-            for stage in stages:
-                self._run_stage_batch(stage, jobs, summary)
-            for job in jobs:
-                job.folder.write_if_unchanged(job.record)
-            done += len(batch)
-            self.progress(tier.name.lower(), done, len(todo))
+            try:
+                if type(stage).run_batch is Stage.run_batch:
+                    run_stage(stage, part[0])
+                else:
+                    stage.run_batch(part)
+            except ModelUnavailable as exc:
+                summary.unavailable.setdefault(stage.name, str(exc))
+                log.info("%s is unavailable: %s", stage.name, exc)
 
-    def _run_stage_batch(self, stage: Stage, jobs: list[Job], summary: Summary) -> None:
-        if stage.name in summary.unavailable or not stage.is_ready():
-            return
-        todo = [j for j in jobs if stage in pending([stage], j.record)]
-        if not todo:
-            return
-        try:
-            if stage.tier == Tier.MODEL:
-                stage.run_batch(todo)
-            else:
-                with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                    list(pool.map(lambda j: run_stage(stage, j), todo))
-        except ModelUnavailable as exc:
-            summary.unavailable[stage.name] = str(exc)
-            log.info("%s is unavailable: %s", stage.name, exc)
+        list(pool.map(run, slices + singles))
 
-    def _load_job(self, key: tuple[FolderStore, str]) -> Job | None:
+    def _load_job(self, key: tuple[FolderStore, str], tier: Tier | None = None) -> Job | None:
+        """The job for ``key``; for the model tier with a picture's working image decoded
+        (once, here on a worker, for every model stage)."""
         folder, name = key
         record = folder.read(name)
         if record is None or record.get("status") != "ok":
             return None
-        return Job(folder.folder / name, folder, record)
+        job = Job(folder.folder / name, folder, record)
+        if tier == Tier.MODEL and (record.get("media") or {}).get("kind") == "image":
+            job.working_image()
+        return job
 
     def _read_pending(self, key: tuple[FolderStore, str], tier: Tier) -> bool:
         record = key[0].read(key[1])
@@ -291,3 +322,21 @@ def _chunks(items: Sequence[Any] | Iterable[Any], size: int) -> Iterator[list[An
             batch = []
     if batch:
         yield batch
+
+
+def _ramp(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    """Batches of 1, 2, 4... up to ``size`` items: the first files start without waiting."""
+    start, step = 0, 1
+    while start < len(items):
+        yield list(items[start:start + step])
+        start += step
+        step = min(size, step * 2)
+
+
+def _decodes_with_metadata(path: Path) -> bool:
+    """Camera raws: their decoding reads the exiftool dump (the preview's orientation)."""
+    try:
+        found = sniff(path)
+    except OSError:
+        return False  # the media stage reports it
+    return found is not None and found.raw

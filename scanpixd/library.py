@@ -34,8 +34,9 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from scanpixd import heap
 from scanpixd.config import Settings
 from scanpixd.errors import ModelUnavailable
 from scanpixd.excludes import Excluder
@@ -193,7 +195,7 @@ class Library:
     @property
     def clip(self) -> ClipModel:
         if self._clip is None:
-            self._clip = ClipModel(self.settings.clip)
+            self._clip = ClipModel(self.settings.clip, cache_dir=self.settings.cache_dir)
         return self._clip
 
     @property
@@ -225,46 +227,47 @@ class Library:
         model_id = self.model_id
         snap = self._read_snapshot(model_id)
         signed = _signed_folders(snap)
-        with ThreadPoolExecutor(max_workers=max(2, min(4, self.settings.jobs))) as pool:
+        with ThreadPoolExecutor(max_workers=max(2, min(4, self.settings.jobs))) as pool, \
+                self.lock:
             signatures = list(pool.map(lambda rf: folder_signature(rf[1]), folders))
             reuse = [(root, folder, signed[folder.folder], sig)
                      for (root, folder), sig in zip(folders, signatures, strict=True)
                      if sig is not None and signed.get(folder.folder, (None, ""))[1] == sig]
             reused = {folder.folder for _, folder, _, _ in reuse}
-            fresh = list(pool.map(
-                lambda args: _Loaded(args[1], args[0], args[2], args[1].records(full=False)),
-                [(root, folder, sig) for (root, folder), sig in zip(folders, signatures, strict=True)
-                 if folder.folder not in reused]))
-        with self.lock:
+            unsigned = [(root, folder, sig) for (root, folder), sig in zip(folders, signatures, strict=True)
+                        if folder.folder not in reused]
             self.roots, self.offline_roots = roots, offline
             self._reset()
             self._loading = True
             vector_rows = _NO_ROWS
+            read = 0
             try:
                 if snap is not None and reuse:
                     self._snapshot = snap
                     vector_rows = self._add_from_snapshot(snap, reuse)
-                for loaded in fresh:
+                for loaded in _read_folders(pool, unsigned):  # a few folders in memory at a time
                     self._add_folder(loaded, model_id)
+                    read += len(loaded.records)
             finally:
                 self._loading = False
-            self._dirty.update(loaded.folder.folder for loaded in fresh)
-            self._edits = len(fresh)
+            self._dirty.update(folder.folder for _, folder, _ in unsigned)
+            self._edits = len(unsigned)
             if self.vectors is not None and model_id is not None:
                 self.vectors.ann_min = self.settings.clip.ann_min
                 if not self._attach_saved_graph(snap, vector_rows):
                     self.vectors.ensure_graph()
-            if not fresh and self.vectors is not None:
+            if not unsigned and self.vectors is not None:
                 self._saved_changes = self.vectors.changes  # as the snapshot has it
-        read = sum(len(f.records) for f in fresh)
         self.last_load = {"items": self._live, "from_records": read,
                           "from_snapshot": self._live - read, "folders": len(folders),
-                          "folders_read": len(fresh), "seconds": round(time.monotonic() - started, 3)}
+                          "folders_read": len(unsigned),
+                          "seconds": round(time.monotonic() - started, 3)}
         log.info("library loaded in %.1f s: %d items (%d read from records), %d vectors, "
                  "%d folders", time.monotonic() - started, self._live, read,
                  len(self.vectors) if self.vectors is not None else 0, len(folders))
-        if fresh and (snap is None or read > SNAPSHOT_SAVE_SHARE * max(1, self._live)):
+        if unsigned and (snap is None or read > SNAPSHOT_SAVE_SHARE * max(1, self._live)):
             self.save_snapshot()
+        heap.trim()
 
     def _folders_below(self, root: Path) -> Iterator[Path]:
         """Folders below ``root`` that hold scanpixd data (excluded folders left out)."""
@@ -589,6 +592,20 @@ class Library:
         return len(dirty)
 
 
+def _read_folders(pool: ThreadPoolExecutor, folders: list[tuple[Path, FolderStore, str | None]],
+                  ahead: int = 8) -> Iterator[_Loaded]:
+    """Each folder's records, read on ``pool`` at most ``ahead`` folders ahead of their use
+    (reading them all first would hold a whole library of parsed records at once)."""
+    pending: deque[Future[_Loaded]] = deque()
+    for root, folder, signature in folders:
+        pending.append(pool.submit(lambda r, f, s: _Loaded(f, r, s, f.records(full=False)),
+                                   root, folder, signature))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 # -- folder signatures ----------------------------------------------------------------------
 def folder_signature(folder: FolderStore) -> str | None:
     """A digest of every record file's name, size, mtime, ctime and inode; None when a file
@@ -749,6 +766,7 @@ def _write_snapshot(library: Library, path: Path, model_id: str | None) -> np.nd
     arrays["blobs"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
     arrays["vkeys"] = np.frombuffer(b"".join((library._vkeys[i] or _NO_KEY).ljust(8, b"\x00")[:8]
                                              for i in order.tolist()), dtype=np.uint8).reshape(-1, 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     vectors = library.vectors
     if vectors is not None and model_id is not None:
         counts_v = c.row_count[order].astype(np.int64)

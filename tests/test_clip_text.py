@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from open_clip.model import CLIP
 
 from scanpixd.models.clip import ClipModel, encode_text_trimmed
 from tests.helpers_clip import TinyClip, tiny_clip_fixture  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Checkpoint hashes are remembered in a cache inside tmp_path, not the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
 def test_trimmed_text_encoding_equals_the_full_forward_pass(tiny_clip: TinyClip) -> None:

@@ -88,6 +88,13 @@ class LazyModel(ABC):
             self._schedule_idle_check()
             return self._model
 
+    def adopt(self, model: Any) -> None:
+        """Take ``model``, built elsewhere, as the loaded model (no idle unload: it can't reload)."""
+        with self._lock:
+            self._cancel_timer()
+            self._model, self._state, self._error = model, "ready", None
+            self._touch()
+
     def unload(self) -> None:
         """Free the model's memory; the next use loads it again."""
         with self._lock:
@@ -97,6 +104,8 @@ class LazyModel(ABC):
                 self._state = "unloaded"
                 try:
                     self._release(model)
+                    del model  # the last reference: its memory goes now, before _released
+                    self._released()
                 except Exception:  # releasing must never raise into a shutdown path
                     log.debug("%s model release failed", self.label, exc_info=True)
                 log.info("%s model unloaded", self.label)
@@ -129,6 +138,9 @@ class LazyModel(ABC):
 
     def _release(self, model: Any) -> None:  # noqa: B027 - optional hook
         """Free resources held by ``model`` beyond dropping the reference."""
+
+    def _released(self) -> None:  # noqa: B027 - optional hook
+        """Called once the model's memory is freed (to hand the heap back, say)."""
 
     # -- internals ------------------------------------------------------------------
     def _fail(self, reason: str) -> None:

@@ -5,7 +5,17 @@ for a custom one; ``clip.pretrained`` names an open_clip pretrained tag (weights
 the local model-hub cache, downloaded once when the network allows) or a local checkpoint
 file.  Every embedding records :attr:`ClipModel.model_id`, built from the architecture and
 the tag or the checkpoint's *content hash*, never its path, so a library embedded on one
-machine stays current on another that has the same weights elsewhere.
+machine stays current on another that has the same weights elsewhere.  The hash of a
+checkpoint file is remembered in the machine-local cache under the file's identity (path,
+size, times, inode), so a restart does not read the whole file again.
+
+The two towers live apart.  :meth:`ClipModel.load` builds the text tower only (what a
+daemon serving queries needs); the image tower loads on the first
+:meth:`ClipModel.embed_images` and is released after ``clip.image_idle_unload`` seconds
+without images.  Both are built on torch's meta device (no random initialisation) and take
+their weights straight from a memory map of the checkpoint, each from its own map: pages a
+tower never reads (most of the token embedding) are never resident, and releasing the image
+tower unmaps its pages at once instead of leaving freed heap behind.
 
 Without weights (no network, no cached download, a missing file) the model is
 ``unavailable`` with the reason, quickly: the cache is looked up offline first and the hub
@@ -14,24 +24,27 @@ is contacted only when it answers a plain TCP connect.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
 
-from scanpixd.config import ClipSettings
+from scanpixd import heap
+from scanpixd.config import ClipSettings, default_cache_dir
 from scanpixd.errors import ModelUnavailable
 from scanpixd.models.base import LazyModel
 
@@ -39,16 +52,13 @@ log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 3.0
 _TEXT_CACHE_SIZE = 256
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+_HASH_CACHE: dict[tuple[str, int, int, int, int], str] = {}
+_HASH_FILE = Path("models") / "clip-checkpoint-hashes.json"  # under the cache directory
+_HASH_FILE_ENTRIES = 32
+_HASH_LOCK = threading.Lock()
 _REGISTER_LOCK = threading.Lock()
 
-
-@dataclass
-class _Loaded:
-    model: Any  # open_clip.CLIP
-    preprocess: Any  # torchvision transform: PIL image -> tensor
-    tokenizer: Any
-    dim: int
+Part = Literal["text", "image"]
 
 
 @dataclass(frozen=True)
@@ -59,18 +69,62 @@ class _Architecture:
     preprocess: dict[str, Any] | None  # preprocessing the custom config asks for
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What building either tower takes, resolved once without reading any weights."""
+
+    arch: _Architecture
+    checkpoint: str  # the weights file
+    quick_gelu: bool
+    preprocess: dict[str, Any] | None  # open_clip's force_preprocess_cfg
+
+
+@dataclass
+class _Loaded:
+    model: Any  # open_clip model whose image tower is a stand-in: the text side
+    preprocess: Any  # PIL image -> (3, H, W) float32 array
+    tokenizer: Any
+    dim: int
+
+
+class _ImageTower(LazyModel):
+    """The image tower alone, loaded when images come and released when they stop."""
+
+    label = "CLIP image"
+
+    def __init__(self, idle_unload: float):
+        super().__init__(idle_unload)
+        self.spec: _Spec | None = None  # set by the owning ClipModel when it loads
+
+    def _load(self) -> Any:
+        if self.spec is None:
+            raise ModelUnavailable("the CLIP model is not loaded")
+        import open_clip
+
+        return _build(open_clip, self.spec, "image")
+
+    def _released(self) -> None:
+        heap.trim()
+
+
 class ClipModel(LazyModel):
-    """open_clip wrapper: ``embed_images`` and ``embed_text`` return L2-normalised float32 rows."""
+    """open_clip wrapper: ``embed_images`` and ``embed_text`` return L2-normalised float32 rows.
+
+    ``cache_dir`` is the machine-local cache folder (``settings.cache_dir``), where checkpoint
+    hashes are remembered; ``None`` means the default one.
+    """
 
     label = "CLIP"
 
-    def __init__(self, settings: ClipSettings):
+    def __init__(self, settings: ClipSettings, cache_dir: Path | None = None):
         super().__init__(idle_unload=settings.idle_unload)
         self.settings = settings
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self._id: str | None = None
         self._id_error: str | None = None
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload)
 
     @classmethod
     def from_model(cls, model: Any, model_id: str, settings: ClipSettings | None = None
@@ -78,14 +132,15 @@ class ClipModel(LazyModel):
         """Wrap an open_clip model built elsewhere (benchmarks, experiments) under ``model_id``."""
         import open_clip
 
-        self = cls(settings or ClipSettings())
+        self = cls(settings or ClipSettings(idle_unload=0))
         self._id = model_id
-        preprocess = Preprocess(open_clip, model.eval())
+        model.eval()
+        preprocess = Preprocess(open_clip, model)
         dim = int(model.visual.output_dim)
         tokenizer = open_clip.get_tokenizer(model_id.split("/", 1)[0])
-        with self._lock:
-            self._model = _Loaded(model.eval(), preprocess, tokenizer, dim)
-            self._state = "ready"
+        self._images.idle_unload = 0.0  # nothing to load it from again
+        self._images.adopt(model.visual)
+        self.adopt(_Loaded(model, preprocess, tokenizer, dim))
         return self
 
     # -- identity -------------------------------------------------------------------
@@ -94,7 +149,7 @@ class ClipModel(LazyModel):
         """``<architecture>/<tag or b2:checkpoint hash>``; raises when the weights can't be named."""
         if self._id is None and self._id_error is None:
             try:
-                self._id = _model_id(self.settings)
+                self._id = _model_id(self.settings, self.cache_dir)
             except ModelUnavailable as exc:
                 self._id_error = str(exc)
         if self._id is None:
@@ -103,25 +158,33 @@ class ClipModel(LazyModel):
 
     @property
     def dim(self) -> int:
-        """Embedding width (loads the model)."""
+        """Embedding width (loads the text tower)."""
         with self.session() as loaded:
             return int(loaded.dim)
+
+    @property
+    def image_state(self) -> str:
+        """The image tower's state (``unloaded`` while only text is served)."""
+        return self._images.state
 
     # -- inference ------------------------------------------------------------------
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One normalised row per image, computed in batches of ``clip.batch_size``."""
         import torch
+        import torch.nn.functional as F  # noqa: N812 - torch's own convention
 
         with self.session() as loaded:
             if not images:
                 return np.zeros((0, loaded.dim), dtype=np.float32)
             size = max(1, self.settings.batch_size)
             out = []
-            with torch.inference_mode():
+            with self._image_session() as visual, torch.inference_mode():
                 for start in range(0, len(images), size):
                     chunk = images[start:start + size]
                     pixels = torch.from_numpy(np.stack([loaded.preprocess(im) for im in chunk]))
-                    out.append(loaded.model.encode_image(pixels, normalize=True).float().numpy())
+                    # what CLIP.encode_image(pixels, normalize=True) computes
+                    features = F.normalize(visual(pixels), dim=-1)
+                    out.append(features.float().numpy())
             return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -151,13 +214,22 @@ class ClipModel(LazyModel):
             vectors = encode_text_trimmed(loaded.model, tokens).float().numpy()
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    @contextlib.contextmanager
+    def _image_session(self) -> Iterator[Any]:
+        """The image tower; a tower that cannot load makes the whole model unavailable."""
+        try:
+            self._images.load()
+        except ModelUnavailable as exc:
+            with self._lock:
+                self.unload()
+                self._fail(f"CLIP image tower: {exc}")
+            raise ModelUnavailable(self._error or str(exc)) from exc
+        with self._images.session() as visual:
+            yield visual
+
     # -- loading --------------------------------------------------------------------
     def _load(self) -> _Loaded:
-        try:
-            import open_clip
-            import torch
-        except ImportError as exc:  # also torchvision operator mismatches
-            raise ModelUnavailable(f"CLIP needs open_clip and torch: {exc}") from exc
+        open_clip, torch = _import_torch()
         model_id = self.model_id  # validates names and paths before anything heavy
         arch = _architecture(self.settings.model)
         _register(open_clip, arch)
@@ -168,40 +240,61 @@ class ClipModel(LazyModel):
         for key in ("mean", "std", "interpolation", "resize_mode"):
             if tag_cfg and key in tag_cfg:
                 overrides[key] = tag_cfg[key]
+        spec = _Spec(arch, checkpoint, bool(tag_cfg and tag_cfg.get("quick_gelu")),
+                     overrides or None)
         try:
-            model = open_clip.create_model(
-                arch.name,
-                pretrained=checkpoint,
-                force_quick_gelu=bool(tag_cfg and tag_cfg.get("quick_gelu")),
-                force_preprocess_cfg=overrides or None,
-                weights_only=True,
-            )
+            model = _build(open_clip, spec, "text")
+        except ModelUnavailable:
+            raise
         except Exception as exc:
             raise ModelUnavailable(
                 f"cannot load CLIP {model_id} from {checkpoint}: {type(exc).__name__}: {exc}"
             ) from exc
-        model.eval()
         preprocess = Preprocess(open_clip, model)
         try:
             tokenizer = open_clip.get_tokenizer(arch.name)
         except Exception as exc:
             raise ModelUnavailable(f"cannot load the CLIP tokenizer for {arch.name}: {exc}") from exc
         dim = int(open_clip.get_model_config(arch.name)["embed_dim"])
+        self._images.spec = spec
         return _Loaded(model, preprocess, tokenizer, dim)
 
     def _release(self, model: Any) -> None:
+        self._images.unload()
         with self._cache_lock:
             self._text_cache.clear()
+
+    def _released(self) -> None:
+        heap.trim()
+
+    def reset(self) -> None:
+        """Forget a load failure of either tower so the next use tries again."""
+        with self._lock:
+            super().reset()
+            self._images.reset()
+
+
+def _import_torch() -> tuple[Any, Any]:
+    """open_clip and torch, or :class:`ModelUnavailable` saying why not."""
+    if "torch" not in sys.modules:
+        # Idle OpenMP workers sleep rather than spin: on two cores shared with the other
+        # stages, spinning workers made each image cost ~1.6x the CPU time (2 threads).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import open_clip
+        import torch
+    except ImportError as exc:  # also torchvision operator mismatches
+        raise ModelUnavailable(f"CLIP needs open_clip and torch: {exc}") from exc
+    return open_clip, torch
 
 
 class Preprocess:
     """The model's own preprocessing (size, crop, mean, std) as one numpy pass per image.
 
     For the usual configs (resize the short side, centre crop; or squash) this does what
-    open_clip's torchvision pipeline does, with the same PIL resampling, but converts and
-    normalises in numpy: several times cheaper than the tensor ops, which on a busy
-    two-core machine also contend with the model's threads.  Other configs use
-    open_clip's transform itself.
+    open_clip's torchvision pipeline does, with the same PIL resampling (only of the part
+    the crop keeps), and converts and normalises in numpy, off the model's threads.  Other
+    configs use open_clip's transform itself.
     """
 
     _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -235,22 +328,28 @@ class Preprocess:
         w, h = image.size
         # torchvision's Resize(int): the short side to `side`, the long side truncated
         new = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
-        if new != (w, h):
-            image = image.resize(new, self.resample)
         left = int(round((new[0] - side) / 2.0))
         top = int(round((new[1] - side) / 2.0))
-        return image.crop((left, top, left + side, top + side))
+        if new[0] >= w:  # enlarging (or not resizing) costs little: exactly torchvision's way
+            image = image.resize(new, self.resample) if new != (w, h) else image
+            return image.crop((left, top, left + side, top + side))
+        # Shrinking: resample only the source area the centre crop keeps, at the full
+        # resize's scale: the same filter taps (a rare pixel rounds one level apart), a
+        # quarter less work on a 4:3 picture.
+        sx, sy = w / new[0], h / new[1]
+        box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
+        return image.resize((side, side), self.resample, box=box)
 
 
 # -- naming -------------------------------------------------------------------------
-def _model_id(settings: ClipSettings) -> str:
+def _model_id(settings: ClipSettings, cache_dir: Path | None = None) -> str:
     arch = _architecture(settings.model)
     pretrained = settings.pretrained.strip()
     if not pretrained:
         raise ModelUnavailable("no CLIP weights configured (clip.pretrained is empty)")
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return f"{arch.id_part}/{file_hash(path)}"
+        return f"{arch.id_part}/{file_hash(path, cache_dir)}"
     if _looks_like_path(pretrained):
         raise ModelUnavailable(f"CLIP checkpoint not found: {pretrained}")
     return f"{arch.id_part}/{pretrained}"
@@ -261,18 +360,85 @@ def _looks_like_path(value: str) -> bool:
         (".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
-def file_hash(path: Path) -> str:
-    """``b2:<hex>`` content hash of a weights file, cached by (path, size, mtime)."""
+def file_hash(path: Path, cache_dir: Path | None = None) -> str:
+    """``b2:<hex>`` content hash of a weights file.
+
+    Remembered in this process and, with ``cache_dir``, in a small file there, under the
+    file's identity: absolute path, size, mtime, ctime and inode.  Rewriting the file in
+    place changes its ctime, replacing it changes the inode, so a stale hash is never used.
+    """
+    path = path.resolve()
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     found = _HASH_CACHE.get(key)
+    if found is None and cache_dir is not None:
+        found = _HashFile(cache_dir / _HASH_FILE).get(key)
     if found is None:
         digest = hashlib.blake2b(digest_size=16)
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 22):
                 digest.update(chunk)
-        found = _HASH_CACHE[key] = "b2:" + digest.hexdigest()
+        found = "b2:" + digest.hexdigest()
+        if cache_dir is not None:
+            _HashFile(cache_dir / _HASH_FILE).put(key, found)
+    _HASH_CACHE[key] = found
     return found
+
+
+class _HashFile:
+    """Checkpoint hashes by file identity, in a JSON file of the machine-local cache.
+
+    Only a cache: unreadable or malformed contents count as empty, and a failed write is
+    logged and forgotten (the hash is computed again next time).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def get(self, key: tuple[str, int, int, int, int]) -> str | None:
+        for entry in self._entries():
+            if self._key(entry) == key:
+                return str(entry["hash"])
+        return None
+
+    def put(self, key: tuple[str, int, int, int, int], digest: str) -> None:
+        path, size, mtime_ns, ctime_ns, inode = key
+        with _HASH_LOCK:
+            entries = [e for e in self._entries() if e["path"] != path]
+            entries.append({"path": path, "size": size, "mtime_ns": mtime_ns,
+                            "ctime_ns": ctime_ns, "inode": inode, "hash": digest})
+            data = {"version": 1, "files": entries[-_HASH_FILE_ENTRIES:]}
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=self.path.parent)
+            except OSError as exc:
+                log.debug("cannot remember the checkpoint hash in %s: %s", self.path, exc)
+                return
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(data, fh)
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                log.debug("cannot remember the checkpoint hash in %s: %s", self.path, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def _entries(self) -> list[dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            files = data["files"] if data.get("version") == 1 else []
+            return [e for e in files if self._key(e) is not None
+                    and str(e.get("hash", "")).startswith("b2:")]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return []
+
+    @staticmethod
+    def _key(entry: Any) -> tuple[str, int, int, int, int] | None:
+        try:
+            return (str(entry["path"]), int(entry["size"]), int(entry["mtime_ns"]),
+                    int(entry["ctime_ns"]), int(entry["inode"]))
+        except (TypeError, KeyError, ValueError):
+            return None
 
 
 def _architecture(model: str) -> _Architecture:
@@ -396,6 +562,165 @@ def _reachable(url: str, what: str) -> None:
         raise ModelUnavailable(
             f"{what} are not in the local cache and {host} cannot be reached ({exc}); "
             f"set clip.pretrained to a local checkpoint file") from exc
+
+
+# -- building the towers --------------------------------------------------------------
+def _build(open_clip: Any, spec: _Spec, part: Part) -> Any:
+    """One tower with the checkpoint's weights: the image tower, or the model without it.
+
+    The usual way: an open_clip model built on the meta device (free: no memory, no random
+    initialisation), the checkpoint memory-mapped and converted the way open_clip's own
+    loader does, and the tower's tensors assigned straight from the map.  Models this
+    cannot build (buffers the checkpoint does not hold, big_vision ``.npz`` weights) are
+    built the ordinary way, whole, and then split.
+    """
+    skeleton = None
+    if not spec.checkpoint.endswith((".npz", ".npy")):
+        try:
+            skeleton = _skeleton(open_clip, spec)
+        except Exception:  # a model that can't be built on meta is built the ordinary way
+            log.debug("CLIP %s: no meta-device build", spec.arch.name, exc_info=True)
+    if skeleton is not None:
+        state = _checkpoint_state(open_clip, skeleton, spec.checkpoint)
+        tower = _tower(skeleton, part)
+        prefix = "visual."
+        if part == "image":
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        _assign(tower, state)
+        if _materialise_buffers(tower):
+            return _ready(tower)
+        log.debug("CLIP %s: buffers outside the checkpoint; building it whole", spec.arch.name)
+    model = open_clip.create_model(
+        spec.arch.name, pretrained=spec.checkpoint, force_quick_gelu=spec.quick_gelu,
+        force_preprocess_cfg=spec.preprocess, weights_only=True)
+    return _ready(_tower(model, part))
+
+
+def _skeleton(open_clip: Any, spec: _Spec) -> Any:
+    """The model with every parameter on the meta device: shapes and structure only."""
+    import torch
+
+    quiet = _DropLogLine("No pretrained weights loaded")  # open_clip warns: weights come later
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        with torch.device("meta"):
+            return open_clip.create_model(
+                spec.arch.name, pretrained=None, force_quick_gelu=spec.quick_gelu,
+                force_preprocess_cfg=spec.preprocess, pretrained_text=False, device="meta")
+    finally:
+        root.removeFilter(quiet)
+
+
+class _DropLogLine(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _tower(model: Any, part: Part) -> Any:
+    """``model.visual``, or ``model`` with a weightless stand-in for its image tower.
+
+    The stand-in keeps what callers read from ``model.visual`` without running it (the
+    preprocessing configuration, the output width), so the text side passes for a whole
+    open_clip model everywhere but in ``encode_image``.
+    """
+    import torch
+
+    if part == "image":
+        return model.visual
+    visual = model.visual
+    stand_in = torch.nn.Module()  # no forward: encode_image on the text side fails loudly
+    for name in ("image_size", "output_dim", "preprocess_cfg", "image_mean", "image_std"):
+        if hasattr(visual, name):
+            setattr(stand_in, name, getattr(visual, name))
+    model.visual = stand_in
+    return model
+
+
+def _checkpoint_state(open_clip: Any, model: Any, path: str) -> dict[str, Any]:
+    """The checkpoint's tensors, memory-mapped, in open_clip's naming (its load_checkpoint)."""
+    import torch
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import (
+        convert_to_custom_text_state_dict,
+        resize_pos_embed,
+        resize_text_pos_embed,
+    )
+
+    checkpoint = _read_checkpoint(path)
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        state = checkpoint["state_dict"]
+    else:
+        state = checkpoint
+    if not isinstance(state, dict) or not state:
+        raise ValueError("the checkpoint holds no state dict")
+    if next(iter(state)).startswith("module"):
+        state = {k[7:]: v for k, v in state.items()}
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(model, key, None)
+        if key in state and own is not None and own.ndim != state[key].ndim:
+            state[key] = state[key].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    state.pop("text.transformer.embeddings.position_ids", None)
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state
+
+
+def _read_checkpoint(path: str) -> Any:
+    """The checkpoint file's contents, memory-mapped where the format allows it."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)  # memory-mapped, tensors share the map
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:  # the legacy (pre-zip) format cannot be mapped
+        log.debug("CLIP checkpoint %s read whole: %s", path, exc)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assign(module: Any, state: dict[str, Any]) -> None:
+    """Load ``state`` by reference (no copy), converted only where the dtype differs."""
+    own = module.state_dict(keep_vars=True)
+    for key, value in state.items():
+        target = own.get(key)
+        if target is not None and value.dtype != target.dtype:
+            state[key] = value.to(target.dtype)
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _materialise_buffers(module: Any) -> bool:
+    """Build the buffers no checkpoint holds (causal masks); False if others are left."""
+    import torch
+
+    for sub in module.modules():
+        for name, buf in list(sub._buffers.items()):
+            if buf is None or not buf.is_meta:
+                continue
+            if name != "attn_mask" or buf.ndim != 2 or buf.shape[0] != buf.shape[1]:
+                return False
+            # open_clip's build_causal_mask: -inf above the diagonal, 0 on and below it
+            mask = torch.empty(buf.shape, dtype=buf.dtype).fill_(float("-inf")).triu_(1)
+            sub._buffers[name] = mask
+    return not any(t.is_meta for t in module.parameters())
+
+
+def _ready(module: Any) -> Any:
+    module.requires_grad_(False)
+    return module.eval()
 
 
 def encode_text_trimmed(model: Any, tokens: Any) -> Any:

@@ -40,7 +40,7 @@ class Services:
             if self._clip is None:
                 from scanpixd.models.clip import ClipModel
 
-                self._clip = ClipModel(self.settings.clip)
+                self._clip = ClipModel(self.settings.clip, cache_dir=self.settings.cache_dir)
             return self._clip
 
     @property

@@ -451,6 +451,7 @@ class VectorSet:
         self._label_row = np.zeros(0, dtype=np.int64)  # graph label -> row (-1: deleted)
         self._row_label = np.full(1024, -1, dtype=np.int64)  # row -> graph label (-1: none)
         self._building: threading.Thread | None = None
+        self._build_thread: threading.Thread | None = None
         self._added_while_building: list[int] = []
 
     # -- contents -------------------------------------------------------------------
@@ -632,8 +633,9 @@ class VectorSet:
         return self._graph is not None
 
     def wait_for_graph(self, timeout: float | None = None) -> None:
-        thread = self._building
-        if thread is not None:
+        """Until a build in progress is over, ``on_graph`` (which saves it) included."""
+        thread = self._build_thread
+        if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
     def attach(self, graph: Any, label_rows: np.ndarray) -> None:
@@ -677,6 +679,7 @@ class VectorSet:
     def _start_build(self, graph: Any, label_rows: np.ndarray, rows: np.ndarray) -> None:
         self._building = threading.Thread(target=self._build, args=(graph, label_rows, rows),
                                           name="ann-build", daemon=True)
+        self._build_thread = self._building  # kept after publishing, for wait_for_graph
         self._building.start()
 
     def _build(self, graph: Any, label_rows: np.ndarray, rows: np.ndarray) -> None:
