@@ -255,9 +255,10 @@ def file_keys(folder: FolderStore) -> list[list[int] | None] | None:
     since = record_cache.settled_since()
     keys: list[list[int] | None] = []
     for base in folder.read_dirs:
+        directory = os.fspath(base / "index")
         for name in (META_NAME, GRAPH_NAME):
             try:
-                key = record_cache.stat_key(os.stat(base / "index" / name))
+                key = record_cache.stat_key(os.stat(f"{directory}/{name}"))
             except (FileNotFoundError, NotADirectoryError):
                 keys.append(None)
                 continue
@@ -414,7 +415,10 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 # -- the in-memory set ------------------------------------------------------------------
-GRAPH_SUBSET_MIN = 20000  # a narrower subset is searched exactly; a wider one in the graph
+# A filtered subset at least this large is searched in the graph with a filter (100k
+# vectors: 2.6 ms for a 30 % subset, 35 ms for 1 %); a narrower one is scored exactly, which
+# reads its vectors back from the graph at about 40 us each.
+GRAPH_SUBSET_MIN = 1000
 
 
 class VectorSet:
