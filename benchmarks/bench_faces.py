@@ -7,11 +7,13 @@ Run ``python -m benchmarks.bench_faces``.  Prints:
   incremental assignment in shuffled orders, at a few thresholds.  Precision: of the
   face pairs put in one person, the share that are one person; recall: of the pairs
   that are one person, the share put together.  Each distinct face counts once;
-* faces/s and photos/s of the faces stage (detection, landmarks, encodings and cues on
-  the working image of at most 1024 px that the media stage already decoded) with one
-  and with two worker processes, against a naive reference measured in the same run:
-  full decode and detection at full resolution, one process (what a plain
-  face_recognition loop does).  The largest corpus photos are used.
+* faces/s and photos/s, wall and CPU, of the faces stage (detection, landmarks, encodings
+  and cues on the working image of at most 1024 px that the media stage already decoded)
+  with one thread and with two threads of one process (how the indexer's model workers
+  run it: HOG scans outside the GIL), at upsample 1 on 1024 px and at upsample 0 on the
+  picture enlarged to 1536 px, and with two worker processes, against a naive reference
+  measured in the same run: full decode and detection at full resolution, one process
+  (what a plain face_recognition loop does).  The largest corpus photos are used.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import queue
 import random
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,26 +122,35 @@ def _naive(model: FaceModel, paths: list[Path]) -> int:
     return found
 
 
-def _worker(naive: bool, paths: list[Path], barrier: Any, results: Any) -> None:
-    model = FaceModel(FaceSettings(idle_unload=0, max_size=0 if naive else 1024))
+Variant = tuple[int, int, int]  # (upsample, max_size (0: full resolution, decoded here), threads)
+
+
+def _worker(variant: Variant, paths: list[Path], barrier: Any, results: Any) -> None:
+    upsample, max_size, threads = variant
+    model = FaceModel(FaceSettings(idle_unload=0, upsample=upsample, max_size=max_size))
     model.load()
     # the media stage has decoded the working image already; the faces stage only detects
-    images = [] if naive else [working_image(p) for p in paths]
-    barrier.wait()  # workers start together, after loading
-    start = time.perf_counter()
-    faces = _naive(model, paths) if naive else sum(len(model.detect(im)) for im in images)
-    results.put((time.perf_counter() - start, faces))
+    images = [] if max_size == 0 else [working_image(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(model.detect, images[:threads]))  # each thread's own HOG detector
+        barrier.wait()  # workers start together, after loading
+        start, cpu = time.perf_counter(), time.process_time()
+        if max_size == 0:
+            faces = _naive(model, paths)
+        else:
+            faces = sum(len(found) for found in pool.map(model.detect, images))
+        results.put((time.perf_counter() - start, time.process_time() - cpu, faces))
 
 
-def _timed(chunks: list[list[Path]], naive: bool = False) -> tuple[float, int]:
-    """Seconds until the slowest worker finished its chunk, and faces found."""
+def _timed(chunks: list[list[Path]], variant: Variant) -> tuple[float, float, int]:
+    """Seconds until the slowest worker finished its chunk, CPU seconds, and faces found."""
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(len(chunks)), context.Queue()
-    workers = [context.Process(target=_worker, args=(naive, chunk, barrier, results))
+    workers = [context.Process(target=_worker, args=(variant, chunk, barrier, results))
                for chunk in chunks]
     for worker in workers:
         worker.start()
-    done: list[tuple[float, int]] = []
+    done: list[tuple[float, float, int]] = []
     while len(done) < len(workers):
         try:
             done.append(results.get(timeout=5))
@@ -147,23 +159,28 @@ def _timed(chunks: list[list[Path]], naive: bool = False) -> tuple[float, int]:
                 raise RuntimeError("a benchmark worker died; see its traceback above") from None
     for worker in workers:
         worker.join()
-    return max(t for t, _ in done), sum(f for _, f in done)
+    return max(t for t, _, _ in done), sum(c for _, c, _ in done), sum(f for _, _, f in done)
 
 
 def throughput() -> None:
     files = _files()
     print(f"throughput: {len(files)} distinct photos (model load excluded)")
-    naive_s, naive_faces = _timed([files], naive=True)
-    one_s, faces = _timed([files])
-    two_s, faces2 = _timed([files[0::2], files[1::2]])
-    rows = [("naive, full resolution, 1 process", naive_s, naive_faces),
-            ("faces stage path, 1 process", one_s, faces),
-            ("faces stage path, 2 processes", two_s, faces2)]
-    for label, seconds, found in rows:
+    rows = [
+        ("naive, full resolution, 1 process", _timed([files], (1, 0, 1))),
+        ("upsample 1 at 1024, 1 thread", _timed([files], (1, 1024, 1))),
+        ("upsample 1 at 1024, 2 threads", _timed([files], (1, 1024, 2))),
+        ("upsample 0 at 1536, 1 thread", _timed([files], (0, 1536, 1))),
+        ("upsample 0 at 1536, 2 threads", _timed([files], (0, 1536, 2))),
+        ("upsample 1 at 1024, 2 processes", _timed([files[0::2], files[1::2]], (1, 1024, 1))),
+    ]
+    for label, (seconds, cpu, found) in rows:
         print(f"  {label:36s} {len(files) / seconds:5.2f} photos/s {found / seconds:5.2f} "
-              f"faces/s ({1000 * seconds / len(files):.0f} ms/photo, {found} faces)")
-    print(f"  ratio: stage path vs naive {naive_s / one_s:.2f}x (1 process); "
-          f"2 processes vs 1 {one_s / two_s:.2f}x")
+              f"faces/s ({1000 * seconds / len(files):.0f} ms/photo wall, "
+              f"{1000 * cpu / len(files):.0f} ms CPU; {found} faces)")
+    naive_s, one_s, two_s = rows[0][1][0], rows[1][1][0], rows[2][1][0]
+    print(f"  ratio: stage path vs naive {naive_s / one_s:.2f}x (1 thread); "
+          f"2 threads vs 1 {one_s / two_s:.2f}x; upsample 0 at 1536 vs upsample 1 at 1024 "
+          f"{one_s / rows[3][1][0]:.2f}x (1 thread)")
 
 
 def main() -> None:

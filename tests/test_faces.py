@@ -147,7 +147,7 @@ def test_unloaded_model_loads_again() -> None:
 # -- the stage ---------------------------------------------------------------------------
 def test_stage_writes_faces_into_the_record() -> None:
     record = faces_record("examples/two_people.jpg")
-    assert record["stages"]["faces"] == "1:dlib-resnet-v1/hog"
+    assert record["stages"]["faces"] == f"{FacesStage.version}:dlib-resnet-v1/hog"
     assert record["errors"] == {}
     first, second = record["faces"]
     assert set(first) == {"box", "score", "encoding", "eyes_open", "smile", "sharpness",

@@ -7,13 +7,19 @@ is.  The stage's version key carries the model id, so changing the model re-embe
 library synced from another machine with the same weights is current as it is.
 
 Work is batched across jobs: one forward pass covers the frames and photos of many
-files, which is several times faster on a CPU than one file at a time.
+files, which is several times faster on a CPU than one file at a time.  The indexer runs
+``jobs`` model units side by side (CLIP on slices of a batch, faces beside it), so a
+batch here uses its share of the cores: one intra-op thread each on two cores, where
+torch's default of one per core would put three busy threads on two cores.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
@@ -27,6 +33,10 @@ from scanpixd.record import Record, encode_vector
 log = logging.getLogger(__name__)
 
 FRAME_SIZE = 448  # long side of sampled video frames: twice the usual model input
+
+_threads_lock = threading.Lock()
+_default_threads: list[int] = []  # torch's own count, read before this module changes it
+_worker = threading.local()  # .workers: how many model workers this thread is one of
 
 
 class EmbedStage(Stage):
@@ -80,7 +90,8 @@ class EmbedStage(Stage):
                 continue
             owners.append((job, [t for t, _ in frames]))
             images.extend(image for _, image in frames)
-        vectors = self.model.embed_images(images)
+        with intra_op_threads(self.threads()):
+            vectors = self.model.embed_images(images)
         start = 0
         key = f"{self.version}:{model_id}"
         for job, times in owners:
@@ -89,6 +100,13 @@ class EmbedStage(Stage):
             job.record[self.name] = self._entry(times, rows)
             job.record.setdefault("stages", {})[self.name] = key
             job.record.setdefault("errors", {}).pop(self.name, None)
+
+    def threads(self) -> int:
+        """Intra-op threads for one batch: ``clip.threads``, else the calling worker's
+        share of the cores (see :func:`model_worker`), else one per core."""
+        if self.settings.threads > 0:
+            return self.settings.threads
+        return max(1, (os.cpu_count() or 1) // getattr(_worker, "workers", 1))
 
     def _frames(self, job: Job) -> list[tuple[float | None, Image.Image]]:
         if (job.record.get("media") or {}).get("kind") == "video":
@@ -110,3 +128,32 @@ class EmbedStage(Stage):
             "vectors": [{"time": t, "v": encode_vector(v)} for t, v in zip(times, vectors,
                                                                           strict=True)],
         }
+
+
+def model_worker(workers: int) -> None:
+    """Marks the calling thread as one of ``workers`` running model units side by side."""
+    _worker.workers = max(1, workers)
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op threads on the calling thread, ``count`` of them for the block.
+
+    torch keeps the count per thread (OpenMP, MKL) and also as the default that threads
+    it meets later start with, so that default is put back afterwards, also when two
+    threads overlap (each restores the count torch had before either changed it).
+    """
+    import torch
+
+    with _threads_lock:
+        if not _default_threads:
+            _default_threads.append(torch.get_num_threads())
+        default = _default_threads[0]
+    if count == default and torch.get_num_threads() == default:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default)

@@ -30,7 +30,7 @@ from scanpixd.record import Record, encode_vector
 
 class FacesStage(Stage):
     name = "faces"
-    version = 1
+    version = 2  # 2: greyscale HOG on the picture enlarged to faces.max_size
     tier = Tier.MODEL
 
     def __init__(self, services: Services):
