@@ -81,6 +81,8 @@ class Daemon:
         self.notifier.status("loading the library")
         self.api = self._serve()
         self.api.start()  # answers status at once; queries wait for the library view below
+        if self.settings.clip.enabled:  # the text model loads while the library does
+            threading.Thread(target=self._preload_clip, name="clip-preload", daemon=True).start()
         self.service.load(self.settings.roots)
         self.watcher.start()  # before the reconcile, so nothing changed during it is missed
         for root in self.settings.roots:
@@ -93,8 +95,6 @@ class Daemon:
                  self.api.socket_path, time.monotonic() - started)
         self.notifier.ready(self._status_line())
         self.notifier.start_watchdog(healthy=self._healthy)
-        if self.settings.clip.enabled:  # the first text query should not pay the model's load
-            threading.Thread(target=self._preload_clip, name="clip-preload", daemon=True).start()
 
     def _preload_clip(self) -> None:
         """Load the text tower and run it once (its first pass costs more than the next)."""

@@ -267,6 +267,7 @@ class Library:
                  len(self.vectors) if self.vectors is not None else 0, len(folders))
         if unsigned and (snap is None or read > SNAPSHOT_SAVE_SHARE * max(1, self._live)):
             self.save_snapshot()
+        self.release_pages()
         heap.trim()
 
     def _folders_below(self, root: Path) -> Iterator[Path]:
@@ -361,6 +362,12 @@ class Library:
             folder_id = self._folder_id.get(path.parent)
             item_id = None if folder_id is None else self._by_path.get((folder_id, path.name))
             return None if item_id is None else self._item(item_id)
+
+    def release_pages(self) -> None:
+        """Let go of the mapped snapshot pages a pass over every record brought in."""
+        snap = self._snapshot
+        if snap is not None:
+            snap.release_pages()
 
     def view(self) -> ColumnView:
         """The columns filters read (call with :attr:`lock` held, and use while held)."""

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scanpixd import geo
+from scanpixd import geo, heap
 from scanpixd.config import Settings
 from scanpixd.errors import UsageError
 from scanpixd.inspect import present
@@ -183,7 +183,11 @@ class LibraryService:
         scope = self._check_path(path) if (path is not None and self.confine) else path
         items = [i for i in self.library.items() if scope is None or _under(i.path, scope)]
         groups = find_groups(items, self.settings, kinds=kinds)
-        return {"groups": [g.to_dict() for g in groups]}
+        del items
+        answer = {"groups": [g.to_dict() for g in groups]}
+        self.library.release_pages()  # a whole library's records were read: give their
+        heap.trim()  # memory back
+        return answer
 
     # -- people -------------------------------------------------------------------------------
     @property
@@ -196,6 +200,8 @@ class LibraryService:
             people.load((i.folder.folder, record) for i in self.library.items(with_faces=True)
                         if (record := i.record).get("faces"))
             self._people = people
+            self.library.release_pages()
+            heap.trim()
         return self._people
 
     def people_in(self, item: Any) -> set[str]:

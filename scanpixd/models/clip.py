@@ -35,6 +35,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +124,8 @@ class ClipModel(LazyModel):
         self._id: str | None = None
         self._id_error: str | None = None
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_thread: ThreadPoolExecutor | None = None
+        self._text_thread_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload)
 
@@ -207,6 +210,16 @@ class ClipModel(LazyModel):
         return np.stack(rows)
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts are encoded on one long-lived thread: torch's OpenMP workers belong to the
+        thread that calls it, and a daemon answering each request on a new thread would
+        make (and tear down) a team per query, at several times the CPU of the query."""
+        with self._text_thread_lock:
+            if self._text_thread is None:
+                self._text_thread = ThreadPoolExecutor(1, thread_name_prefix="clip-text")
+            worker = self._text_thread
+        return worker.submit(self._encode_text_here, texts).result()
+
+    def _encode_text_here(self, texts: list[str]) -> np.ndarray:
         import torch
 
         with self.session() as loaded, torch.inference_mode():

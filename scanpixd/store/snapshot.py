@@ -74,6 +74,13 @@ class Snapshot:
         view = np.frombuffer(self._map, dtype=dtype, count=count, offset=self._start + spec["offset"])
         return view.reshape(spec["shape"])
 
+    def release_pages(self) -> None:
+        """Drop the file's pages from this process's memory (they stay in the page cache and
+        come back on the next read): after a pass that read every record, they would
+        otherwise count as the process's own."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
     def bytes_view(self, name: str) -> memoryview:
         """Array ``name`` (of bytes) as a memoryview: slices of it cost no copy."""
         return memoryview(self.array(name)).cast("B")
