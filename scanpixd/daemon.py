@@ -81,9 +81,10 @@ class Daemon:
         self.notifier.status("loading the library")
         self.api = self._serve()
         self.api.start()  # answers status at once; queries wait for the library view below
-        if self.settings.clip.enabled:  # the text model loads while the library does
+        self.service.load(self.settings.roots)  # filters, similar:, people: served from here
+        if self.settings.clip.enabled:  # text queries once the model is in (importing torch
+            # alongside the load would hold the GIL and delay both)
             threading.Thread(target=self._preload_clip, name="clip-preload", daemon=True).start()
-        self.service.load(self.settings.roots)
         self.watcher.start()  # before the reconcile, so nothing changed during it is missed
         for root in self.settings.roots:
             self.scheduler.rescan(root)
