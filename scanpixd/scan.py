@@ -5,10 +5,20 @@ roots), skips excluded names, and keeps names that are not valid UTF-8 as the fi
 gives them.  :func:`reconcile` compares what is on disk with the records, rclip-style:
 unchanged when (size, mtime) match; otherwise the content hash decides whether a file
 is new, was moved or renamed (results kept), or is only a touched copy.
+
+A folder found *settled* (every file unchanged with nothing due, no record without its
+file) is noted, machine-local, under the cache directory: the stat keys of its record
+files, a digest of its files' names, sizes and mtimes, and the distinct *shapes* of its
+records (their scan view without name, size, time and hash, which no stage reads).  The
+next rescan takes such a folder as settled without reading a record when its record files
+and its files are exactly as noted and no shape has a stage due with the stages as they
+are now (a new stage version, a model or tool that became available); anything else is
+reconciled file by file as above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,12 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from scanpixd.config import Settings
 from scanpixd.excludes import Excluder
 from scanpixd.pipeline.base import Stage, Tier, pending
 from scanpixd.pipeline.sniff import worth_sniffing
-from scanpixd.record import Record, encode_name
-from scanpixd.store import FolderStore, Store
+from scanpixd.record import RECORD_FORMAT, Record, encode_name
+from scanpixd.store import FolderStore, Store, atomic, record_cache
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +65,14 @@ def walk(root: Path, excluder: Excluder, recursive: bool = True, rel: str = ""
             log.warning("cannot read folder %s: %s", folder, exc.strerror)
             continue
         for entry in entries:
-            child_rel = f"{rel}/{entry.name}" if rel else entry.name
-            try:
+            name = entry.name
+            try:  # is_dir and is_file answer from the entry's type: no stat
                 if entry.is_dir(follow_symlinks=False):
-                    if recursive and not excluder.excluded_child(rel, entry.name, is_dir=True):
-                        stack.append((Path(entry.path), child_rel))
-                elif entry.is_file(follow_symlinks=False) and worth_sniffing(entry.name) \
-                        and not excluder.excluded_child(rel, entry.name, is_dir=False):
-                    files[entry.name] = entry.stat(follow_symlinks=False)
+                    if recursive and not excluder.excluded_child(rel, name, is_dir=True):
+                        stack.append((Path(entry.path), f"{rel}/{name}" if rel else name))
+                elif entry.is_file(follow_symlinks=False) and worth_sniffing(name) \
+                        and not excluder.excluded_child(rel, name, is_dir=False):
+                    files[name] = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
         yield FolderListing(folder, files)
@@ -166,9 +178,10 @@ def reconcile_scopes(
     plan = Plan()
     excluder = Excluder.from_settings(settings)
     due = _Due(stages)
+    settled = _Settled(store.cache_dir)
     candidates: list[WorkItem] = []
     vanished: dict[str, list[_Vanished]] = {}
-    live_by_hash: dict[str, tuple[FolderStore, str, object]] = {}  # hash: (folder, name, status)
+    live: list[_Live | FolderStore] = []  # per folder, in walk order; a settled one is read if needed
     for scope in scopes:
         if not root_is_online(scope.root, store):
             log.warning("root %s is offline (missing or not mounted); its index is kept", scope.root)
@@ -178,10 +191,17 @@ def reconcile_scopes(
         for listing in _listings(scope, excluder, store):
             if scope.ready is not None:
                 listing.hold = {n for n in listing.files if listing.folder / n not in scope.ready}
-            _classify_folder(listing, store, due, plan, candidates, vanished, live_by_hash)
+            folder = store.folder(listing.folder)
+            if not listing.hold and listing.files and settled.holds(folder, listing.files, due):
+                plan.folders.append(folder)
+                plan.unchanged += len(listing.files)
+                live.append(folder)
+            else:
+                _classify_folder(listing, folder, due, plan, candidates, vanished, live, settled)
             if on_progress:
                 on_progress("scan", len(candidates))
     _hash_candidates(candidates, plan, hash_workers)
+    live_by_hash = _live_by_hash(live) if candidates else {}
     for item in candidates:
         if item.hash is None:
             continue
@@ -229,28 +249,35 @@ class _Due:
         return False
 
 
+_Live = list[tuple[str, tuple[FolderStore, str, object]]]  # (hash, (folder, name, status))
+
+
 def _classify_folder(
     listing: FolderListing,
-    store: Store,
+    folder: FolderStore,
     due: _Due,
     plan: Plan,
     candidates: list[WorkItem],
     vanished: dict[str, list[_Vanished]],
-    live_by_hash: dict[str, tuple[FolderStore, str, object]],
+    live: list[_Live | FolderStore],
+    settled: _Settled,
 ) -> None:
-    folder = store.folder(listing.folder)
-    records = folder.records(full=False, view="scan") if folder.exists() else {}
+    records = folder.records(full=False, view="scan")  # empty where there is no data
     if records or listing.files:
         plan.folders.append(folder)
+    found: _Live = []
+    live.append(found)
+    unchanged = 0
     for name, st in listing.files.items():
         if name in listing.hold:
             continue
         record = records.get(name)
-        if record is not None and _same_stat(record, st):
+        if record is not None and record.get("size") == st.st_size \
+                and record.get("mtime_ns") == st.st_mtime_ns:
             # strings only: 100k records kept alive would make every garbage collection slow
-            live_by_hash.setdefault(str(record["hash"]), (folder, name, record.get("status")))
+            found.append((str(record["hash"]), (folder, name, record.get("status"))))
             if not due(record):
-                plan.unchanged += 1
+                unchanged += 1
                 continue
             stored = _stored(folder, name, record)  # the stages add to it and write it back
             if stored is not None:
@@ -263,19 +290,90 @@ def _classify_folder(
         candidates.append(
             WorkItem(folder, name, st.st_size, st.st_mtime_ns, None, record,
                      "changed" if record is not None else "new"))
+    plan.unchanged += unchanged
     for name, record in records.items():
         if name not in listing.files:
             vanished.setdefault(str(record.get("hash")), []).append(_Vanished(folder, name, record))
+    if unchanged and unchanged == len(listing.files) == len(records) and not listing.hold:
+        settled.note(folder, listing.files, records)
+
+
+def _live_by_hash(live: list[_Live | FolderStore]) -> dict[str, tuple[FolderStore, str, object]]:
+    """Indexed files by content hash, first found first (for copies of them to reuse)."""
+    by_hash: dict[str, tuple[FolderStore, str, object]] = {}
+    for part in live:
+        if isinstance(part, FolderStore):  # taken as settled: every record has its file
+            part = [(str(r["hash"]), (part, name, r.get("status")))
+                    for name, r in part.records(full=False, view="scan").items()]
+        for digest, where in part:
+            by_hash.setdefault(digest, where)
+    return by_hash
+
+
+# What the scan view holds besides what no stage decides on (see tests/test_scan_view.py).
+_IDENTITY = frozenset({"format", "name", "name_b64", "size", "mtime_ns", "hash"})
+NOTE_FORMAT = 1
+
+
+class _Settled:
+    """Notes of settled folders, machine-local: see the module docstring."""
+
+    def __init__(self, cache_dir: Path):
+        self.base = cache_dir / "scan"
+
+    def holds(self, folder: FolderStore, files: dict[str, os.stat_result], due: _Due) -> bool:
+        """Whether ``folder`` is as noted, with nothing due: then it needs no reading."""
+        note = atomic.read_json(self._path(folder))
+        if not isinstance(note, dict) or note.get("version") != self._version() \
+                or note.get("files") != _files_digest(files):
+            return False
+        shapes, token = note.get("shapes"), note.get("token")
+        if not isinstance(shapes, list) or not isinstance(token, str) \
+                or not folder.same_record_files(note.get("records"), token):
+            return False
+        try:
+            return all(isinstance(shape, dict) and not due(shape) for shape in shapes)
+        except Exception:  # a stage that reads more than the scan view: decide file by file
+            log.debug("a stage could not decide on a shape of %s", folder.folder, exc_info=True)
+            return False
+
+    def note(self, folder: FolderStore, files: dict[str, os.stat_result],
+             records: dict[str, Record]) -> None:
+        """Note a folder found settled, if its record files are still the ones listed."""
+        token = folder.listing_token()
+        keys = folder.record_keys() if token is not None else None
+        if keys is None or keys[1] != token:
+            return
+        shapes: dict[bytes, Record] = {}
+        for record in records.values():
+            shape = {k: v for k, v in record.items() if k not in _IDENTITY}
+            shapes.setdefault(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), shape)
+        note = {"version": self._version(), "files": _files_digest(files), "records": keys[0],
+                "token": token, "shapes": list(shapes.values())}
+        with contextlib.suppress(OSError):
+            path = self._path(folder)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(path, orjson.dumps(note))
+
+    def _path(self, folder: FolderStore) -> Path:
+        key = hashlib.blake2b(os.fsencode(folder.folder), digest_size=16).hexdigest()
+        return self.base / key[:2] / f"{key}.json"
+
+    @staticmethod
+    def _version() -> list[int]:
+        return [NOTE_FORMAT, RECORD_FORMAT, record_cache.VIEW_VERSIONS["scan"]]
+
+
+def _files_digest(files: dict[str, os.stat_result]) -> str:
+    """Names, sizes and mtimes of a folder's files: equal digests, the same files as listed."""
+    listed = {record_cache.json_name(name): [st.st_size, st.st_mtime_ns] for name, st in files.items()}
+    return hashlib.blake2b(orjson.dumps(listed, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
 def _stored(folder: FolderStore, name: str, listed: Record) -> Record | None:
     """The whole stored record behind a listing's (which may lack the raw metadata dump)."""
     record = folder.read(name)
     return record if record is not None and record.get("hash") == listed.get("hash") else None
-
-
-def _same_stat(record: Record, st: os.stat_result) -> bool:
-    return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
 
 
 def _hash_candidates(candidates: list[WorkItem], plan: Plan, workers: int) -> None:

@@ -1,24 +1,56 @@
-"""Library-wide passes that look across files: time inference and the folders' vector indexes.
+"""Library-wide passes that look across files: orphan sweep, time inference, vector indexes.
 
 Per-file stages cannot do these: a photo without GPS borrows its time zone from a
 geotagged neighbour shot by the same camera, and a folder's portable ANN index covers
-every file in it.  The one-shot indexer runs them after its tiers; the daemon runs them
-after changes settle.
+every file in it.  The one-shot indexer runs them after its tiers (:func:`finish_passes`);
+the daemon runs the time pass after changes settle.
+
+A rescan of an unchanged library must not redo them (at 100k files they cost several times
+the rescan itself), so :func:`finish_passes` keeps a note of what each pass last found
+needing nothing, machine-local (under the cache directory, one per set of roots), each
+entry keyed by everything the pass reads:
+
+- sweep: per folder, the token of its record files (see :mod:`scanpixd.store.record_cache`)
+  and the stat keys of its data directories (a file added or removed changes them);
+- vector index: per folder, the token of its records, the model and the stat keys of the
+  index files (a damaged, replaced or deleted index is checked again);
+- times: one signature over every folder's token, the roots, the time settings and the
+  zone data.
+
+Anything changed, added, removed or synced in changes a key, and the pass runs for it
+again.  Where a key cannot be known (a file changed within the racy window, a folder
+written since it was listed), nothing is noted, so it is looked at next time.  The note is
+derived data: lost, damaged or stale, it only costs one full pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
-from collections.abc import Iterable
+import os
+import zoneinfo
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import orjson
+
+from scanpixd import __version__
 from scanpixd.config import Settings
 from scanpixd.record import Record
-from scanpixd.store import FolderStore, ann
+from scanpixd.store import FolderStore, ann, atomic
 
 log = logging.getLogger(__name__)
 
 Key = tuple[FolderStore, str]
+NOTES_FORMAT = 1
+# Part of every note's key, so that a pass whose code changed runs again: bump one when
+# its pass would now find something the old one did not.
+PASSES = {"swept": 1, "index": 1, "times": 1}
+
+ProgressFn = Callable[[str, int, int], None]
 
 
 def root_of(folder: Path, roots: Iterable[Path]) -> Path | None:
@@ -37,20 +69,32 @@ def update_times(entries: Iterable[tuple[FolderStore, str, Record]], roots: list
     Items are keyed by their path relative to their root, since the key of a borrowed
     zone's source is stored in sidecars and must stay valid on another machine.
     """
+    return _write_times(*_time_changes(entries, roots, settings))
+
+
+def _time_changes(entries: Iterable[tuple[FolderStore, str, Record]], roots: list[Path],
+                  settings: Settings) -> tuple[dict[str, dict], dict[str, Key]]:
+    """The new ``taken`` of the items whose value changes, and where each item lives."""
     from scanpixd.timeinfer import infer_times
 
     items: list[tuple[str, Record]] = []
     where: dict[str, Key] = {}
+    prefixes: dict[Path, str | None] = {}  # folder -> its path below its root, plus "/"
     for folder, name, record in entries:
         if record.get("status") != "ok":
             continue
-        root = root_of(folder.folder, roots)
-        if root is None:
+        if folder.folder not in prefixes:
+            prefixes[folder.folder] = _prefix(folder.folder, roots)
+        prefix = prefixes[folder.folder]
+        if prefix is None:
             continue
-        key = str((folder.folder / name).relative_to(root))
+        key = prefix + name
         items.append((key, record))
         where[key] = (folder, name)
-    changed = infer_times(items, settings)
+    return infer_times(items, settings), where
+
+
+def _write_times(changed: dict[str, dict], where: dict[str, Key]) -> list[Key]:
     written: list[Key] = []
     for key, taken in changed.items():
         folder, name = where[key]
@@ -65,18 +109,189 @@ def update_times(entries: Iterable[tuple[FolderStore, str, Record]], roots: list
     return written
 
 
+def _prefix(folder: Path, roots: list[Path]) -> str | None:
+    """What goes before a file name to give its path relative to its root (None: no root)."""
+    root = root_of(folder, roots)
+    if root is None:
+        return None
+    rel = str(folder.relative_to(root))
+    return "" if rel == "." else rel + "/"
+
+
 def refresh_vector_indexes(folders: Iterable[tuple[FolderStore, dict[str, Record]]],
                            model_id: str | None) -> int:
     """Bring the portable ANN index of each folder with embeddings up to date."""
     if model_id is None:
         return 0
-    count = 0
-    for folder, records in folders:
-        if not any("clip" in r for r in records.values()) and ann.read_meta(folder) is None:
-            continue  # no vectors and no index: nothing to build or to remove
-        try:
-            ann.load_or_rebuild(folder, records, model_id)
-            count += 1
-        except OSError as exc:
-            log.warning("cannot write the vector index of %s: %s", folder.folder, exc)
-    return count
+    return sum(_refresh_index(folder, records, model_id) for folder, records in folders)
+
+
+def _refresh_index(folder: FolderStore, records: dict[str, Record], model_id: str) -> bool:
+    if not any("clip" in r for r in records.values()) and ann.read_meta(folder) is None:
+        return False  # no vectors and no index: nothing to build or to remove
+    try:
+        ann.load_or_rebuild(folder, records, model_id)
+    except OSError as exc:
+        log.warning("cannot write the vector index of %s: %s", folder.folder, exc)
+        return False
+    return True
+
+
+# -- the passes after a run, skipped where nothing they read changed ------------------------
+def finish_passes(folders: Iterable[FolderStore], roots: list[Path], settings: Settings,
+                  model_id: str | None, progress: ProgressFn | None = None) -> None:
+    """Orphans swept, times inferred and vector indexes checked, for ``folders`` (every
+    folder of ``roots`` a reconcile found), each only where its inputs changed."""
+    notes = _Notes.load(settings.cache_dir, roots)
+    present = [folder for folder in folders if folder.exists()]
+    listings = _Listings()
+    for folder in present:
+        _sweep(folder, notes, listings)
+    if progress:
+        progress("times", 0, 1)
+    _times(present, roots, settings, notes, listings)
+    if progress:
+        progress("times", 1, 1)
+    if model_id is not None:
+        for folder in present:
+            _index(folder, model_id, notes, listings)
+    notes.save()
+
+
+class _Listings:
+    """Each folder's listing, read when a pass first needs it (never, when none does)."""
+
+    def __init__(self) -> None:
+        self._read: dict[FolderStore, dict[str, Record]] = {}
+
+    def get(self, folder: FolderStore) -> dict[str, Record]:
+        found = self._read.get(folder)
+        if found is None:
+            found = self._read[folder] = folder.records(full=False)  # re-read before writing
+        return found
+
+
+def _sweep(folder: FolderStore, notes: _Notes, listings: _Listings) -> None:
+    dirs = folder.dir_keys()  # taken first: a file added after this shows as a new key
+    if notes.keep("swept", folder, [folder.listing_token(), dirs]):
+        return
+    failed: list[str] = []
+    if folder.sweep(listings.get(folder), failed) == 0 and not failed:
+        notes.note("swept", folder, [folder.listing_token(), dirs])
+
+
+def _times(folders: list[FolderStore], roots: list[Path], settings: Settings, notes: _Notes,
+           listings: _Listings) -> None:
+    if notes.keep_times(_times_signature(folders, roots, settings)):
+        return
+    entries = [(f, name, record) for f in folders for name, record in listings.get(f).items()]
+    changed, where = _time_changes(entries, roots, settings)
+    if changed:
+        _write_times(changed, where)
+    else:
+        notes.note_times(_times_signature(folders, roots, settings))
+
+
+def _times_signature(folders: list[FolderStore], roots: list[Path], settings: Settings
+                     ) -> list[Any] | None:
+    tokens = sorted((_folder_key(f.folder), f.listing_token()) for f in folders)
+    if any(token is None for _, token in tokens):
+        return None
+    return [settings.time.home_timezone, settings.time.neighbour_window,
+            sorted(os.fsencode(root).hex() for root in roots), _zone_data(), tokens]
+
+
+@functools.cache
+def _zone_data() -> list[str]:
+    """Where zone answers come from: the zoneinfo database and timezonefinder's polygons."""
+    import importlib.metadata
+
+    found = []
+    for package in ("tzdata", "timezonefinder"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{package} {importlib.metadata.version(package)}")
+    for base in zoneinfo.TZPATH:
+        with contextlib.suppress(OSError):
+            st = os.stat(Path(base) / "tzdata.zi")
+            found.append(f"{base} {st.st_size} {st.st_mtime_ns}")
+    return found
+
+
+def _index(folder: FolderStore, model_id: str, notes: _Notes, listings: _Listings) -> None:
+    files = ann.file_keys(folder)  # taken first: a file replaced after this shows as a new key
+    if notes.keep("index", folder, [folder.listing_token(), model_id, ann.INDEX_FORMAT, files]):
+        return
+    _refresh_index(folder, listings.get(folder), model_id)
+    if ann.file_keys(folder) == files:  # found current, not rewritten
+        notes.note("index", folder, [folder.listing_token(), model_id, ann.INDEX_FORMAT, files])
+
+
+@functools.lru_cache(maxsize=65536)
+def _folder_key(folder: Path) -> str:
+    return hashlib.blake2b(os.fsencode(folder), digest_size=16).hexdigest()
+
+
+def _digest(name: str, key: list[Any] | None) -> str | None:
+    """The digest of the pass ``name``'s key, or None when a part of it is unknown."""
+    if key is None or None in key:
+        return None
+    return hashlib.blake2b(orjson.dumps([__version__, PASSES[name], *key]),
+                           digest_size=16).hexdigest()
+
+
+class _Notes:
+    """What the passes last found needing nothing: the previous run's note and this one's.
+
+    Only what this run confirmed is kept, so folders gone from the roots drop out.
+    """
+
+    def __init__(self, path: Path, old: dict[str, Any]):
+        self.path = path
+        self._old_folders: dict[str, dict[str, str]] = old.get("folders", {})
+        self._old_times: str | None = old.get("times")
+        self._folders: dict[str, dict[str, str]] = {}
+        self._times: str | None = None
+
+    @classmethod
+    def load(cls, cache_dir: Path, roots: list[Path]) -> _Notes:
+        joined = b"\0".join(sorted(os.fsencode(root) for root in roots))
+        name = hashlib.blake2b(joined, digest_size=16).hexdigest()
+        path = cache_dir / "upkeep" / f"{name}.json"
+        data = atomic.read_json(path)
+        if not isinstance(data, dict) or data.get("format") != NOTES_FORMAT \
+                or not isinstance(data.get("folders"), dict):
+            data = {}
+        return cls(path, data)
+
+    def keep(self, name: str, folder: FolderStore, key: list[Any]) -> bool:
+        """Whether the pass ``name`` found ``folder`` needing nothing with this same key
+        (then that stays noted)."""
+        digest = _digest(name, key)
+        old = self._old_folders.get(_folder_key(folder.folder))
+        if digest is None or not isinstance(old, dict) or old.get(name) != digest:
+            return False
+        self._folders.setdefault(_folder_key(folder.folder), {})[name] = digest
+        return True
+
+    def note(self, name: str, folder: FolderStore, key: list[Any]) -> None:
+        digest = _digest(name, key)
+        if digest is not None:
+            self._folders.setdefault(_folder_key(folder.folder), {})[name] = digest
+
+    def keep_times(self, signature: list[Any] | None) -> bool:
+        digest = _digest("times", signature)
+        if digest is None or digest != self._old_times:
+            return False
+        self._times = digest
+        return True
+
+    def note_times(self, signature: list[Any] | None) -> None:
+        self._times = _digest("times", signature)
+
+    def save(self) -> None:
+        if self._folders == self._old_folders and self._times == self._old_times:
+            return
+        data = {"format": NOTES_FORMAT, "times": self._times, "folders": self._folders}
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(self.path, orjson.dumps(data))

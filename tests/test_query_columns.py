@@ -8,7 +8,6 @@ over records that vary every field a filter reads, malformed values included.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 

@@ -152,3 +152,73 @@ def test_the_scan_view_keeps_what_a_rescan_decides_on(folder: FolderStore, settl
     assert set(listed) <= record_cache.SCAN_FIELDS and listed["media"] == {"kind": "image"}
     assert "raw" not in listed["metadata"] and "thumbs" not in listed and "clip" not in listed
     assert folder.records(full=False)["IMG_5.jpg"]["thumbs"] == {"256": "x-256.webp"}  # its own cache
+
+
+def test_the_token_names_the_record_files(folder: FolderStore, settled: None) -> None:
+    """Equal tokens for the same files (whatever the view); any change gives another."""
+    first = folder.listing("scan").token
+    assert first is not None and folder.listing("slim").token == first == folder.listing().token
+    path = folder.record_path("IMG_1.jpg")
+    before = path.stat()
+    data = path.read_bytes().replace(b'"Canon"', b'"Sony!"')
+    with open(path, "r+b") as fh:  # in place, mtime restored
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    edited = folder.listing().token
+    assert edited not in (None, first)
+    folder.write(_record("IMG_9.jpg", 9))
+    added = folder.listing().token
+    assert added not in (None, first, edited)
+    folder.record_path("IMG_9.jpg").unlink()
+    assert folder.listing().token == edited  # the same files again
+
+
+def test_the_token_is_kept_with_the_cache(folder: FolderStore, settled: None) -> None:
+    token = folder.listing().token
+    assert orjson.loads(_cache(folder).read_bytes())["token"] == token
+    assert folder.listing().token == token  # from the cache this time
+
+
+def test_no_token_while_a_record_is_within_the_racy_window(folder: FolderStore) -> None:
+    assert folder.listing().token is None
+    assert folder.listing_token() is None
+
+
+def test_a_store_that_wrote_since_its_listing_has_no_token(folder: FolderStore, settled: None) -> None:
+    assert folder.listing().token == folder.listing_token() is not None
+    folder.write(_record("IMG_9.jpg", 9))
+    assert folder.listing_token() is None
+    assert folder.listing().token == folder.listing_token() is not None
+
+
+def test_dir_keys_change_with_the_entries(folder: FolderStore, settled: None) -> None:
+    keys = folder.dir_keys()
+    assert keys is not None and keys == folder.dir_keys()
+    folder.write_asset("x-256.webp", b"webp")
+    assert folder.dir_keys() not in (None, keys)
+
+
+def test_a_scan_cache_of_an_older_view_is_cut_down_not_reread(folder: FolderStore, settled: None) -> None:
+    """Entries cached when the scan view kept all the metadata are cut to what it keeps now."""
+    assert folder.cache_dir is not None
+    cache = record_cache.cache_file(folder.cache_dir, folder.data_dir / "records", "scan")
+    folder.records(full=False, view="scan")
+    data = orjson.loads(cache.read_bytes())
+    for entry in data["entries"].values():
+        entry[4]["metadata"] = {"make": "Canon", "gps": None, "source": "exiftool"}  # as version 1 kept
+    del data["view"], data["token"]
+    cache.write_bytes(orjson.dumps(data))
+    listed = folder.records(full=False, view="scan")
+    assert listed["IMG_1.jpg"]["metadata"] == {"gps": None, "source": "exiftool"}  # not re-read
+    rewritten = orjson.loads(cache.read_bytes())
+    assert rewritten["view"] == record_cache.VIEW_VERSIONS["scan"] and rewritten["token"]
+
+
+def test_names_that_are_not_utf8_are_cached(folder: FolderStore, settled: None) -> None:
+    name = os.fsdecode(b"caf\xe9.jpg")
+    folder.write(_record(name, 7))
+    listed = folder.listing()
+    assert name in listed and listed.token is not None
+    assert folder.records(full=False) == _slim_of(folder.records())  # from the cache this time
+    keys = folder.record_keys()
+    assert keys is not None and folder.listing().token == listed.token == keys[1]

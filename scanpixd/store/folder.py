@@ -12,7 +12,9 @@ Layout (relative to the data directory, normally ``<folder>/.scanpix/``)::
 Everything is named relative to the folder or by content hash, so the directory stays
 valid when the folder is moved, renamed or synced to another machine.  A listing of the
 records (``records(full=False)``) may come from a machine-local cache outside this
-directory (:mod:`scanpixd.store.record_cache`).
+directory (:mod:`scanpixd.store.record_cache`), with a token that changes whenever a
+record file does; :meth:`FolderStore.listing_token` and :meth:`FolderStore.dir_keys` let
+library-wide passes skip a folder where nothing they read changed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ DATA_DIR_NAME = ".scanpix"
 DIR_FORMAT = 1
 _MAX_NAME_BYTES = 240
 _CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}(-[A-Z0-9]+)?")
+_CONFLICT_MARK = ".sync-conflict-"
+_PARTS = ("records", "thumbs", "previews", "index")
 
 
 def record_file_name(name: str) -> str:
@@ -60,6 +64,8 @@ class FolderStore:
         self.read_dirs = read_dirs
         self.cache_dir = cache_dir
         self._write_lock = threading.RLock()
+        self._changes = 0  # writes and deletions by this store
+        self._token: tuple[int, str | None] = (-1, None)  # (changes then, last listing's token)
 
     # -- paths ---------------------------------------------------------------------
     def _sub(self, kind: str) -> Path:
@@ -106,26 +112,131 @@ class FolderStore:
         metadata dump; ``scan``: what a rescan decides on).  Read it, never modify it and
         write it back.
         """
+        if not full:
+            return self.listing(view)
         found: dict[str, Record] = {}
         for base in reversed(self.read_dirs):  # the write location wins
-            directory = base / "records"
-            listed = self._scan_records(directory) if full else self._scan_view(directory, view)
-            for record in listed:
+            for record in self._scan_records(base / "records"):
                 found[decode_name(record)] = record
         return found
 
-    def _scan_view(self, directory: Path, view: str) -> Iterable[Record]:
+    def listing(self, view: str = "slim") -> record_cache.Listing:
+        """``records(full=False, view=view)``, with the token of the record files read."""
+        changes = self._changes
+        parts = [self._scan_view(base / "records", view) for base in self.read_dirs]
+        if len(parts) == 1:
+            found = parts[0]
+        else:
+            found = record_cache.Listing()
+            for part in reversed(parts):  # the write location wins
+                found.update(part)
+            found.token = _joined([part.token for part in parts])
+        self._token = (changes, found.token)
+        return found
+
+    def record_keys(self) -> tuple[list[dict[str, list[int]]], str | None] | None:
+        """The stat key of every record file, per place records are read from, and their
+        token (the one a listing would give); ``None`` when a records directory cannot be
+        read.  Nothing is parsed: a rescan compares these with what it noted of a folder."""
+        changes = self._changes
+        since = record_cache.settled_since()
+        found: list[dict[str, list[int]]] = []
+        tokens: list[str | None] = []
+        for base in self.read_dirs:
+            try:
+                entries = list(os.scandir(base / "records"))
+            except (FileNotFoundError, NotADirectoryError):
+                found.append({})
+                tokens.append("absent")
+                continue
+            except OSError:
+                return None
+            keys: dict[str, list[int]] = {}
+            known = True
+            for entry in entries:
+                name = entry.name
+                if not name.endswith(".json") or atomic.is_temp_name(name):
+                    continue
+                try:
+                    key = keys[record_cache.json_name(name)] = record_cache.stat_key(entry.stat())
+                except OSError:
+                    continue
+                if not record_cache.settled(key, since) or _CONFLICT_MARK in name:
+                    known = False  # a conflict copy: a listing resolves it, so has no token
+            found.append(keys)
+            tokens.append(record_cache.token_of(keys) if known else None)
+        token = _joined(tokens)
+        self._token = (changes, token)
+        return found, token
+
+    def listing_token(self) -> str | None:
+        """The token of the last listing, unless this store changed the folder since.
+
+        Equal tokens mean equal record files; ``None`` means unknown (never listed, written
+        since, or changed too recently to tell).
+        """
+        changes, token = self._token
+        return token if changes == self._changes else None
+
+    def same_record_files(self, noted: object, token: str) -> bool:
+        """Whether the record files are exactly those ``noted`` by :meth:`record_keys`, each
+        with the same stat key; if so ``token``, theirs, becomes this store's listing token."""
+        changes = self._changes
+        if not isinstance(noted, list) or len(noted) != len(self.read_dirs):
+            return False
+        for base, keys in zip(self.read_dirs, noted, strict=True):
+            try:
+                entries = list(os.scandir(base / "records"))
+            except (FileNotFoundError, NotADirectoryError):
+                entries = []
+            except OSError:
+                return False
+            if not isinstance(keys, dict) or not _same_keys(entries, keys):
+                return False
+        self._token = (changes, token)
+        return True
+
+    def dir_keys(self) -> list[list[int] | None] | None:
+        """Stat keys of the data directory's parts, ``None`` for a missing one.
+
+        A file added to, removed from or renamed in a directory changes its mtime, so equal
+        keys mean the same entries.  ``None`` while one changed within the racy window (or
+        cannot be read): then nothing can be told.
+        """
+        since = record_cache.settled_since()
+        base = os.fspath(self.data_dir)
+        keys: list[list[int] | None] = []
+        for kind in _PARTS:
+            try:
+                st = os.stat(f"{base}/{kind}")
+            except (FileNotFoundError, NotADirectoryError):
+                keys.append(None)
+                continue
+            except OSError:
+                return None
+            key = record_cache.stat_key(st)
+            if not record_cache.settled(key, since):
+                return None
+            keys.append(key)
+        return keys
+
+    def _scan_view(self, directory: Path, view: str) -> record_cache.Listing:
         if self.cache_dir is None:
-            return map(record_cache.VIEWS[view], self._scan_records(directory))
+            return _untokened(map(record_cache.VIEWS[view], self._scan_records(directory)))
         try:
             entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            return ()
+        except (FileNotFoundError, NotADirectoryError):
+            absent = record_cache.Listing()
+            absent.token = "absent"
+            return absent
+        except PermissionError:
+            return record_cache.Listing()
         names = [e for e in entries if e.name.endswith(".json") and not atomic.is_temp_name(e.name)]
-        if any(_CONFLICT.search(e.name) for e in names):
-            return self._scan_records(directory)  # resolved (and rewritten) on the full path
+        if any(_CONFLICT_MARK in e.name and _CONFLICT.search(e.name) for e in names):
+            # resolved (and rewritten) on the full path
+            return _untokened(self._scan_records(directory))
         cache = record_cache.cache_file(self.cache_dir, directory, view)
-        return record_cache.read_view(cache, names, _load_record, view).values()
+        return record_cache.read_view(cache, names, _load_record, view, name_of=decode_name)
 
     def _scan_records(self, directory: Path) -> Iterator[Record]:
         try:
@@ -152,6 +263,7 @@ class FolderStore:
     ) -> None:
         """Keep whichever copy describes the original as it is now; drop the other."""
         base_name = _CONFLICT.sub("", entry.name)
+        self._changed()
         theirs = _load_record(Path(entry.path))
         ours = by_file.get(base_name)
         if theirs is not None and _better(theirs, ours, self.folder):
@@ -166,6 +278,7 @@ class FolderStore:
     def write(self, record: Record) -> None:
         path = self.record_path(decode_name(record))
         with self._write_lock:
+            self._changes += 1
             self._ensure_dirs()
             atomic.write_json(path, record)
 
@@ -193,6 +306,7 @@ class FolderStore:
         when many files of one folder are removed at once.
         """
         record = self.read(name)
+        self._changed()
         with contextlib.suppress(FileNotFoundError):
             self.record_path(name).unlink()
         if record is not None:
@@ -204,6 +318,7 @@ class FolderStore:
 
     # -- assets --------------------------------------------------------------------
     def write_asset(self, file_name: str, data: bytes, kind: str = "thumbs") -> None:
+        self._changed()
         self._ensure_dirs()
         atomic.write_bytes(self._sub(kind) / file_name, data)
 
@@ -211,6 +326,7 @@ class FolderStore:
         return any((base / kind / file_name).exists() for base in self.read_dirs)
 
     def remove_assets(self, record: Record) -> None:
+        self._changed()
         for kind, names in _assets_of(record):
             for file_name in names:
                 if not _plain_name(file_name):
@@ -218,8 +334,11 @@ class FolderStore:
                 with contextlib.suppress(FileNotFoundError):
                     (self._sub(kind) / file_name).unlink()
 
-    def sweep(self, live: dict[str, Record]) -> int:
-        """Delete crash leftovers and assets no live record names; returns files removed."""
+    def sweep(self, live: dict[str, Record], failed: list[str] | None = None) -> int:
+        """Delete crash leftovers and assets no live record names; returns files removed.
+
+        ``failed`` collects the paths of those that could not be removed.
+        """
         wanted = {(kind, n) for rec in live.values() for kind, names in _assets_of(rec) for n in names}
         removed = 0
         for kind in ("records", "thumbs", "previews", "index"):
@@ -233,10 +352,20 @@ class FolderStore:
                 if kind in ("thumbs", "previews"):
                     stale = stale or (kind, entry.name) not in wanted
                 if stale:
-                    with contextlib.suppress(OSError):
+                    self._changed()
+                    try:
                         os.unlink(entry.path)
                         removed += 1
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        if failed is not None:
+                            failed.append(entry.path)
         return removed
+
+    def _changed(self) -> None:
+        with self._write_lock:
+            self._changes += 1
 
     def _ensure_dirs(self) -> None:
         if (self.data_dir / "thumbs").is_dir():
@@ -246,6 +375,38 @@ class FolderStore:
         format_file = self.data_dir / "FORMAT"
         if not format_file.exists():
             atomic.write_bytes(format_file, f"{DIR_FORMAT}\n".encode())
+
+
+def _same_keys(entries: list[os.DirEntry[str]], keys: dict[str, list[int]]) -> bool:
+    count = 0
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(".json") or atomic.is_temp_name(name):
+            continue
+        key = keys.get(record_cache.json_name(name))
+        try:
+            st = entry.stat()
+        except OSError:
+            return False
+        if key is None or key != [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]:
+            return False
+        count += 1
+    return count == len(keys)
+
+
+def _joined(tokens: list[str | None]) -> str | None:
+    """The token of a folder read from several places: known only when each part is."""
+    if len(tokens) == 1:
+        return tokens[0]
+    if None in tokens:
+        return None
+    joined = "|".join(str(t) for t in tokens)
+    return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
+
+
+def _untokened(records: Iterable[Record]) -> record_cache.Listing:
+    """A listing read without the cache: its token is unknown."""
+    return record_cache.Listing((decode_name(record), record) for record in records)
 
 
 def _plain_name(name: str) -> bool:
