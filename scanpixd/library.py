@@ -26,7 +26,6 @@ current: folders read from their records, or changed, are refreshed by :meth:`fl
 from __future__ import annotations
 
 import base64
-import contextlib
 import gc
 import hashlib
 import logging
@@ -376,13 +375,7 @@ class Library:
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Every vector row of the given items, in their order."""
         c = self._columns.arrays
-        starts, counts = c["row_start"][item_ids], c["row_count"][item_ids].astype(np.int64)
-        keep = counts > 0
-        starts, counts = starts[keep], counts[keep]
-        if not counts.size:
-            return _NO_ROWS
-        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        return offsets + np.arange(int(counts.sum()))
+        return _expand(c["row_start"][item_ids], c["row_count"][item_ids])
 
     def root_of(self, path: Path) -> Path | None:
         """The (longest) configured root that contains ``path``."""
@@ -599,6 +592,17 @@ class Library:
         return len(dirty)
 
 
+def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Every row of the runs ``starts[i] .. starts[i] + counts[i]``, in order."""
+    counts = counts.astype(np.int64)
+    keep = counts > 0
+    starts, counts = starts[keep], counts[keep]
+    if not counts.size:
+        return _NO_ROWS
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.repeat(starts - firsts, counts) + np.arange(int(counts.sum()))
+
+
 def _read_folders(pool: ThreadPoolExecutor, folders: list[tuple[Path, FolderStore, str | None]],
                   ahead: int = 8) -> Iterator[_Loaded]:
     """Each folder's records, read on ``pool`` at most ``ahead`` folders ahead of their use
@@ -718,8 +722,7 @@ class _SnapshotRows:
         placed = np.full(snap.array("vector_times").size, -1, dtype=np.int64)
         if not keep.any():
             return placed
-        rows = np.repeat(starts[keep] - np.concatenate([[0], np.cumsum(counts[keep])[:-1]]),
-                         counts[keep]) + np.arange(int(counts.sum()))
+        rows = _expand(starts, counts)
         owners = np.repeat(np.arange(first, first + take.size)[keep], counts[keep])
         times = snap.array("vector_times")[rows]
         vector_set = library._vector_set(int(snap.meta["dim"]))
@@ -787,6 +790,4 @@ def _write_snapshot(library: Library, path: Path, model_id: str | None) -> np.nd
         meta["with"], meta["dim"] = ["vectors"], vectors.dim
         _write_graph(library, path.with_suffix(".hnsw"), rows, meta, arrays)
     snapshot.write(path, meta, arrays)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
     return order

@@ -148,15 +148,19 @@ def test_a_restart_keeps_items_the_snapshot_maps_readable_after_a_rewrite(settin
     assert answers(second) == answers(first)
 
 
-def test_the_graph_is_saved_and_reused_across_starts(settings: Settings, search_photos, caplog):  # noqa: F811
-    root, data = search_photos
+def closed_with_a_graph(settings: Settings, root: Path) -> None:
+    """A library that built its graph (50 vectors suffice) and saved it on closing."""
     settings.clip.ann_min = 50
-    first = Library(settings)
-    first.load([root])
+    first = loaded(settings, root)
     assert first.vectors is not None
     first.vectors.wait_for_graph()
     assert first.vectors.has_graph
     first.close()
+
+
+def test_the_graph_is_saved_and_reused_across_starts(settings: Settings, search_photos, caplog):  # noqa: F811
+    root, data = search_photos
+    closed_with_a_graph(settings, root)
 
     # Between runs: one file deleted, one added.
     store = Store(settings)
@@ -180,12 +184,7 @@ def test_the_graph_is_saved_and_reused_across_starts(settings: Settings, search_
 
 def test_a_damaged_saved_graph_is_rebuilt(settings: Settings, search_photos, caplog):  # noqa: F811
     root, data = search_photos
-    settings.clip.ann_min = 50
-    first = Library(settings)
-    first.load([root])
-    assert first.vectors is not None
-    first.vectors.wait_for_graph()
-    first.close()
+    closed_with_a_graph(settings, root)
     graph_file = next((settings.cache_dir / "library").glob("*.hnsw"))
     graph_file.write_bytes(graph_file.read_bytes()[:1000])
     caplog.set_level(logging.INFO, logger="scanpixd.library")

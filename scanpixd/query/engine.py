@@ -192,12 +192,12 @@ def _listing(library: Library, selected: np.ndarray, negatives: Sequence[_Term],
         selected = selected[~_excluded(library, selected, negatives)]
     if limit <= 0 or not selected.size:
         return []
-    capture = library.view().columns.capture[selected]
+    when = library.view().columns.capture
+    capture = when[selected]
     order = np.argsort(capture, kind="stable")
     if order.size > limit:  # keep the first ``limit`` and whatever ties with the last of them
         order = order[capture[order] <= capture[order[limit - 1]]]
     items = [library.item(int(i)) for i in selected[order]]
-    when = library.view().columns.capture
     ranked = sorted((i for i in items if i is not None), key=lambda i: (when[i.id], str(i.path)))
     return [Result(i.path, None, None, i.record, i) for i in ranked[:limit]]
 

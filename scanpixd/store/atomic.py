@@ -8,10 +8,12 @@ the target, so a reader sees the old file or the new one, never a torn one, even
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -26,19 +28,27 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
 
-def write_bytes(target: Path, data: bytes) -> None:
-    """Atomically replace ``target`` with ``data`` (temp file, fsync, rename)."""
+@contextlib.contextmanager
+def replacing(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A new file that replaces ``target`` when the block ends (written, fsync'd, renamed);
+    on an error the temp file is removed and ``target`` is untouched."""
     tmp = temp_name(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    """Atomically replace ``target`` with ``data`` (temp file, fsync, rename)."""
+    with replacing(target) as fh:
+        fh.write(data)
 
 
 def write_json(target: Path, value: Any) -> None:

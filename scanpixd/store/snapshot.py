@@ -41,20 +41,12 @@ def write(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> No
     header = orjson.dumps({"meta": meta, "arrays": layout}, option=orjson.OPT_SERIALIZE_NUMPY)
     start = _aligned(len(MAGIC) + 8 + len(header))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC + struct.pack("<Q", len(header)) + header)
-            for name, array in arrays.items():
-                fh.seek(start + layout[name]["offset"])
-                fh.write(np.ascontiguousarray(array).data)
-            fh.truncate(start + offset)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path, mode=0o600) as fh:  # machine-local, the user's own
+        fh.write(MAGIC + struct.pack("<Q", len(header)) + header)
+        for name, array in arrays.items():
+            fh.seek(start + layout[name]["offset"])
+            fh.write(np.ascontiguousarray(array).data)
+        fh.truncate(start + offset)
 
 
 class Snapshot:
