@@ -119,7 +119,7 @@ def throughput(args: argparse.Namespace) -> None:
     for name, fn in (("loop", loop), ("batched", lambda: clip.embed_images(images))):
         outputs[name], rates[name], cpu = measure(fn, len(images), repeats=1)
         print(f"  {name:>8}: {rates[name]:6.2f} img/s, {cpu:6.1f} ms CPU per image")
-    _, _, cpu = measure(lambda: [clip.load().preprocess(im) for im in images], len(images))
+    _, _, cpu = measure(lambda: [clip.image_preprocess()(im) for im in images], len(images))
     print(f"  (of which preprocessing: {cpu:.1f} ms CPU per image)")
     drift = float(np.max(np.abs(outputs["loop"] - outputs["batched"])))
     print(f"  ratio: {rates['batched'] / rates['loop']:.2f}x batched vs one at a time "

@@ -284,6 +284,7 @@ class LibraryService:
             "load": self.library.last_load,
             "roots": {str(r): {"online": r not in self.library.offline_roots} for r in self.roots},
             "models": {"clip": {"enabled": self.settings.clip.enabled, "state": clip.state,
+                                "text_tower": clip.text_runtime,
                                 "image_tower": clip.image_state, "error": clip.error}},
         }
         if self._watcher is not None:

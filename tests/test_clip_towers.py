@@ -46,13 +46,13 @@ def reference(tiny: TinyClip, checkpoint: Path | None = None
     import open_clip
 
     model = ClipModel(tiny.settings())
-    loaded = model.load()  # registers the architecture and gives the preprocessing
+    preprocess = model.image_preprocess()  # registers the architecture too
     name = clip_module._architecture(str(tiny.config)).name
     whole = open_clip.create_model(name, pretrained=str(checkpoint or tiny.checkpoint)).eval()
     with torch.inference_mode():
-        pixels = torch.from_numpy(np.stack([loaded.preprocess(im) for im in pictures()]))
+        pixels = torch.from_numpy(np.stack([preprocess(im) for im in pictures()]))
         images = whole.encode_image(pixels, normalize=True).numpy()
-        texts = whole.encode_text(loaded.tokenizer(TEXTS), normalize=True).numpy()
+        texts = whole.encode_text(open_clip.get_tokenizer(name)(TEXTS), normalize=True).numpy()
     return images, texts
 
 

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from scanpixd import heap
 from scanpixd.config import ClipSettings, default_cache_dir
 from scanpixd.errors import ModelUnavailable
 from scanpixd.models.base import LazyModel
+from scanpixd.models.text_tower import TextNote, TextTower, parity_config
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,16 @@ class _Spec:
 
 @dataclass
 class _Loaded:
-    model: Any  # open_clip model whose image tower is a stand-in: the text side
-    preprocess: Any  # PIL image -> (3, H, W) float32 array
+    """The text side: open_clip's model (its image tower a stand-in) with its tokenizer, or,
+    for a model checked before on this machine, the numpy tower with the BPE tokenizer."""
+
+    model: Any  # open_clip model, or a text_tower.TextTower
     tokenizer: Any
     dim: int
+
+    @property
+    def on_torch(self) -> bool:
+        return not isinstance(self.model, TextTower)
 
 
 class _ImageTower(LazyModel):
@@ -93,16 +100,17 @@ class _ImageTower(LazyModel):
 
     label = "CLIP image"
 
-    def __init__(self, idle_unload: float):
+    def __init__(self, idle_unload: float, resolve: Callable[[], _Spec]):
         super().__init__(idle_unload)
-        self.spec: _Spec | None = None  # set by the owning ClipModel when it loads
+        self.resolve = resolve  # the owning ClipModel's spec, resolved on first need
+        self.preprocess: Preprocess | None = None  # set with each load
 
     def _load(self) -> Any:
-        if self.spec is None:
-            raise ModelUnavailable("the CLIP model is not loaded")
-        import open_clip
-
-        return _build(open_clip, self.spec, "image")
+        spec = self.resolve()
+        open_clip, _ = _import_torch()
+        visual = _build(open_clip, spec, "image")
+        self.preprocess = Preprocess(open_clip, visual)
+        return visual
 
     def _released(self) -> None:
         heap.trim()
@@ -127,7 +135,9 @@ class ClipModel(LazyModel):
         self._text_thread: ThreadPoolExecutor | None = None
         self._text_thread_lock = threading.Lock()
         self._cache_lock = threading.Lock()
-        self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload)
+        self._spec_cache: _Spec | None = None
+        self._spec_lock = threading.Lock()  # its own: the image tower asks while loading
+        self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload, self._spec)
 
     @classmethod
     def from_model(cls, model: Any, model_id: str, settings: ClipSettings | None = None
@@ -142,8 +152,9 @@ class ClipModel(LazyModel):
         dim = int(model.visual.output_dim)
         tokenizer = open_clip.get_tokenizer(model_id.split("/", 1)[0])
         self._images.idle_unload = 0.0  # nothing to load it from again
+        self._images.preprocess = preprocess
         self._images.adopt(model.visual)
-        self.adopt(_Loaded(model, preprocess, tokenizer, dim))
+        self.adopt(_Loaded(model, tokenizer, dim))
         return self
 
     # -- identity -------------------------------------------------------------------
@@ -166,6 +177,15 @@ class ClipModel(LazyModel):
             return int(loaded.dim)
 
     @property
+    def text_runtime(self) -> str | None:
+        """``numpy`` or ``torch``: what runs the loaded text tower (``None`` until it loads)."""
+        with self._lock:
+            loaded = self._model if self._state == "ready" else None
+        if loaded is None:
+            return None
+        return "torch" if loaded.on_torch else "numpy"
+
+    @property
     def image_state(self) -> str:
         """The image tower's state (``unloaded`` while only text is served)."""
         return self._images.state
@@ -182,13 +202,21 @@ class ClipModel(LazyModel):
             size = max(1, self.settings.batch_size)
             out = []
             with self._image_session() as visual, torch.inference_mode():
+                preprocess = self._images.preprocess
+                assert preprocess is not None  # set with the tower it came with
                 for start in range(0, len(images), size):
                     chunk = images[start:start + size]
-                    pixels = torch.from_numpy(np.stack([loaded.preprocess(im) for im in chunk]))
+                    pixels = torch.from_numpy(np.stack([preprocess(im) for im in chunk]))
                     # what CLIP.encode_image(pixels, normalize=True) computes
                     features = F.normalize(visual(pixels), dim=-1)
                     out.append(features.float().numpy())
             return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def image_preprocess(self) -> Preprocess:
+        """The image tower's own preprocessing (loads the image tower)."""
+        with self._image_session():
+            assert self._images.preprocess is not None  # set with the tower it came with
+            return self._images.preprocess
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """One normalised row per text; recent texts are answered from a small cache."""
@@ -220,11 +248,14 @@ class ClipModel(LazyModel):
         return worker.submit(self._encode_text_here, texts).result()
 
     def _encode_text_here(self, texts: list[str]) -> np.ndarray:
-        import torch
+        with self.session() as loaded:
+            if not loaded.on_torch:
+                return loaded.model(loaded.tokenizer(texts))
+            import torch
 
-        with self.session() as loaded, torch.inference_mode():
-            tokens = loaded.tokenizer(texts)
-            vectors = encode_text_trimmed(loaded.model, tokens).float().numpy()
+            with torch.inference_mode():
+                tokens = loaded.tokenizer(texts)
+                vectors = encode_text_trimmed(loaded.model, tokens).float().numpy()
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     @contextlib.contextmanager
@@ -242,35 +273,68 @@ class ClipModel(LazyModel):
 
     # -- loading --------------------------------------------------------------------
     def _load(self) -> _Loaded:
-        open_clip, torch = _import_torch()
         model_id = self.model_id  # validates names and paths before anything heavy
-        arch = _architecture(self.settings.model)
-        _register(open_clip, arch)
-        if self.settings.threads > 0:
-            torch.set_num_threads(self.settings.threads)
-        checkpoint, tag_cfg = _weights(open_clip, arch.name, self.settings)
-        overrides = dict(arch.preprocess or {})
-        for key in ("mean", "std", "interpolation", "resize_mode"):
-            if tag_cfg and key in tag_cfg:
-                overrides[key] = tag_cfg[key]
-        spec = _Spec(arch, checkpoint, bool(tag_cfg and tag_cfg.get("quick_gelu")),
-                     overrides or None)
+        note = TextNote.read(self.cache_dir, model_id)
+        local = Path(self.settings.pretrained.strip()).expanduser()
+        if note is not None and local.is_file() and Path(note.checkpoint) != local.resolve():
+            note = None  # the same weights in another file: checked again, for that file
+        if note is not None:
+            try:
+                tower, tokenizer = note.tower()
+                return _Loaded(tower, tokenizer, tower.dim)
+            except (OSError, ValueError) as exc:
+                log.info("CLIP text tower from %s: %s; loading it through torch", note.checkpoint, exc)
+        loaded = self._load_torch()
+        self._note_numpy_text(loaded, model_id)
+        return loaded
+
+    def _load_torch(self) -> _Loaded:
+        open_clip, _ = _import_torch()
+        spec = self._spec()
         try:
             model = _build(open_clip, spec, "text")
         except ModelUnavailable:
             raise
         except Exception as exc:
             raise ModelUnavailable(
-                f"cannot load CLIP {model_id} from {checkpoint}: {type(exc).__name__}: {exc}"
+                f"cannot load CLIP {self.model_id} from {spec.checkpoint}: {type(exc).__name__}: {exc}"
             ) from exc
-        preprocess = Preprocess(open_clip, model)
         try:
-            tokenizer = open_clip.get_tokenizer(arch.name)
+            tokenizer = open_clip.get_tokenizer(spec.arch.name)
         except Exception as exc:
-            raise ModelUnavailable(f"cannot load the CLIP tokenizer for {arch.name}: {exc}") from exc
-        dim = int(open_clip.get_model_config(arch.name)["embed_dim"])
-        self._images.spec = spec
-        return _Loaded(model, preprocess, tokenizer, dim)
+            raise ModelUnavailable(f"cannot load the CLIP tokenizer for {spec.arch.name}: {exc}") from exc
+        dim = int(open_clip.get_model_config(spec.arch.name)["embed_dim"])
+        return _Loaded(model, tokenizer, dim)
+
+    def _note_numpy_text(self, loaded: _Loaded, model_id: str) -> None:
+        """Check the numpy text tower against this one; when it agrees, say so in the cache,
+        and the next load on this machine needs no torch for text."""
+        checkpoint = Path(self._spec().checkpoint)
+        try:
+            config = parity_config(loaded.model, loaded.tokenizer, checkpoint)
+        except Exception:  # the check is an optimisation: it must never fail a load
+            log.debug("CLIP text tower check failed", exc_info=True)
+            return
+        if config is not None:
+            TextNote.for_file(model_id, checkpoint, config).write(self.cache_dir)
+
+    def _spec(self) -> _Spec:
+        """What building a tower takes: architecture, weights file, overrides (imports open_clip)."""
+        with self._spec_lock:
+            if self._spec_cache is None:
+                open_clip, torch = _import_torch()
+                arch = _architecture(self.settings.model)
+                _register(open_clip, arch)
+                if self.settings.threads > 0:
+                    torch.set_num_threads(self.settings.threads)
+                checkpoint, tag_cfg = _weights(open_clip, arch.name, self.settings)
+                overrides = dict(arch.preprocess or {})
+                for key in ("mean", "std", "interpolation", "resize_mode"):
+                    if tag_cfg and key in tag_cfg:
+                        overrides[key] = tag_cfg[key]
+                self._spec_cache = _Spec(arch, checkpoint, bool(tag_cfg and tag_cfg.get("quick_gelu")),
+                                         overrides or None)
+            return self._spec_cache
 
     def _release(self, model: Any) -> None:
         self._images.unload()

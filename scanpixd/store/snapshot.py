@@ -33,7 +33,8 @@ _ALIGN = 64
 
 def write(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` (1- or 2-d, plain dtypes) and ``meta`` to ``path`` atomically."""
-    layout, offset = {}, 0
+    layout: dict[str, dict[str, Any]] = {}
+    offset = 0
     for name, array in arrays.items():
         offset = _aligned(offset)
         layout[name] = {"offset": offset, "dtype": array.dtype.str, "shape": list(array.shape)}
@@ -44,7 +45,7 @@ def write(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> No
     with atomic.replacing(path, mode=0o600) as fh:  # machine-local, the user's own
         fh.write(MAGIC + struct.pack("<Q", len(header)) + header)
         for name, array in arrays.items():
-            fh.seek(start + layout[name]["offset"])
+            fh.seek(start + int(layout[name]["offset"]))
             fh.write(np.ascontiguousarray(array).data)
         fh.truncate(start + offset)
 
@@ -75,7 +76,7 @@ class Snapshot:
 
     def bytes_view(self, name: str) -> memoryview:
         """Array ``name`` (of bytes) as a memoryview: slices of it cost no copy."""
-        return memoryview(self.array(name)).cast("B")
+        return memoryview(self.array(name).data).cast("B")
 
 
 def read(path: Path) -> Snapshot | None:
