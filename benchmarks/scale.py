@@ -271,8 +271,9 @@ def bench_daemon(report: Report, base: Path, settings: Settings, manifest: dict[
         _similar(report, daemon, settings.roots[0], manifest, max(10, queries // 4))
         _duplicates(report, daemon, count)
         rss, peak = daemon.memory()
+        torch_mapped = "libtorch_cpu" in Path(f"/proc/{daemon.pid}/maps").read_text()
         report.add("daemon RSS, ViT-B-32 loaded, after queries", f"{rss:.0f} MB", "< 1.5 GB at 100k",
-                   rss < 1536, f"peak {peak:.0f} MB")
+                   rss < 1536, f"peak {peak:.0f} MB; torch {'loaded' if torch_mapped else 'not loaded'}")
         _reference_cli(report, settings, daemon.base, _last_p50)
     finally:
         daemon.close()
