@@ -9,14 +9,18 @@ times (this process, or the child that measured) are printed beside wall times.
   ``clip.batch_size`` images per pass, ``torch.inference_mode``);
 - ``threads``: a batch at 1 and 2 torch threads, with OpenMP's default waiting and with
   ``OMP_WAIT_POLICY=PASSIVE`` (what :mod:`scanpixd.models.clip` sets before torch loads);
-- ``variants``: ways to run the image tower (channels_last, TorchScript trace + freeze,
-  bf16 autocast, ``torch.compile`` with ``--compile``), with their cosine to fp32 eager;
+- ``variants``: ways to run the image tower on real photos (channels_last, TorchScript
+  trace + freeze, int8 dynamic quantization, ONNX Runtime fp32 and int8 when it is installed,
+  bf16 autocast and ``torch.compile`` on request), timed in interleaved rounds against fp32
+  eager with ``--workers`` threads at once, with their cosine to eager;
 - ``load``: in fresh processes, open_clip's whole-model load against the separate towers
   (time to the first text vector, VmRSS / RssAnon / RssFile / peak), then the image tower
   loaded, used and released.
 
 Run: ``python -m benchmarks.bench_clip [--parts throughput,load] [--images 32] [--batch 16]
-[--threads 0] [--checkpoint PATH] [--compile]``; ``threads`` and ``variants`` take minutes.
+[--threads 0] [--checkpoint PATH] [--compile] [--variants eager,int8,ort] [--workers 2]
+[--rounds 3]``; ``threads`` and ``variants`` take minutes (``variants`` as the indexer runs
+the tower: ``--threads 1 --workers 2 --batch 8``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,55 +173,152 @@ def threads(args: argparse.Namespace) -> None:
         print(f"  {name:>28}: {shown}")
 
 
+VARIANTS = ("eager", "channels_last", "jit", "int8", "ort", "ort-int8")
+
+
 def variants(args: argparse.Namespace) -> None:
+    """Ways to run the image tower on real photos, timed in interleaved rounds against fp32
+    eager: CPU ms per image, the median of the per-round ratios to eager, and the cosine of
+    each variant's vectors to eager's (min and mean over the photos)."""
+    import open_clip
     import torch
-    import torch.nn.functional as F  # noqa: N812 - torch's own convention
+
+    from scanpixd.models.clip import Preprocess
 
     model = random_model()
     visual = model.visual
-    x = torch.randn(args.batch, 3, 224, 224)
-    with torch.inference_mode():
-        eager = F.normalize(visual(x), dim=-1)
-    print(f"variants: image tower, batch {args.batch}, torch threads {torch.get_num_threads()}")
+    preprocess = Preprocess(open_clip, model)
+    pixels = torch.from_numpy(np.stack([preprocess(im) for im in working_images(args.images)]))
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    names = ["eager"] + [n for n in names if n != "eager"] + (["compile"] if args.compile else [])
+    threads = args.threads or torch.get_num_threads()
+    print(f"variants: image tower, {len(pixels)} photos, batch {args.batch}, {args.workers} "
+          f"worker(s) x {threads} thread(s), {args.rounds} rounds; int8 and bf16 cosines are "
+          "only indicative with random weights")
+    with tempfile.TemporaryDirectory(prefix="bench-clip-") as tmp:
+        runners: dict[str, Callable[[Any], np.ndarray]] = {}
+        for name in names:
+            started = time.perf_counter()
+            try:
+                runners[name] = _variant(name, visual, pixels, threads, Path(tmp))
+                runners[name](pixels[:args.batch])  # first-call costs (compiling) in set-up
+            except Exception as exc:  # a variant that can't run here is reported, not fatal
+                runners.pop(name, None)
+                print(f"  {name:>13}: unavailable ({type(exc).__name__}: {str(exc)[:200]})")
+                continue
+            print(f"  {name:>13}: set-up {time.perf_counter() - started:5.1f} s")
+        _compare(runners, pixels, args, threads)
 
-    def build(name: str) -> Callable[[], Any]:
-        if name == "channels_last":
-            xc = x.contiguous(memory_format=torch.channels_last)
-            return lambda: visual(xc)
-        if name == "bf16 autocast":
-            def bf16() -> Any:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return visual(x)
-            return bf16
-        if name == "jit trace+freeze":
-            with torch.no_grad():
-                frozen = torch.jit.optimize_for_inference(
-                    torch.jit.freeze(torch.jit.trace(visual, x[:2]).eval()))
-                frozen(x)
-            return lambda: frozen(x)
-        if name == "torch.compile":
-            compiled = torch.compile(visual, dynamic=False)
-            with torch.no_grad():
-                compiled(x)
-            return lambda: compiled(x)
-        return lambda: visual(x)
 
-    names = ["eager", "channels_last", "jit trace+freeze", "bf16 autocast", "eager"]
-    if args.compile:
-        names.insert(-1, "torch.compile")
-    for name in names:
-        started, cpu_started = time.perf_counter(), cpu_time()
+def _variant(name: str, visual: Any, pixels: Any, threads: int, tmp: Path
+             ) -> Callable[[Any], np.ndarray]:
+    """A function from a pixel batch to the tower's (unnormalised) rows, run ``name``'s way."""
+    import torch
+
+    def run(module: Any, memory_format: Any = None) -> Callable[[Any], np.ndarray]:
+        def forward(x: Any) -> np.ndarray:
+            with torch.inference_mode():
+                x = x if memory_format is None else x.contiguous(memory_format=memory_format)
+                return module(x).float().numpy()
+        return forward
+
+    if name == "eager":
+        return run(visual)
+    if name == "channels_last":
+        return run(visual, torch.channels_last)
+    if name == "bf16":
+        def bf16(x: Any) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return visual(x).float().numpy()
+        return bf16
+    if name == "jit":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            traced = torch.jit.trace(visual, pixels[:2]).eval()
+            return run(torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
+    if name == "int8":  # weights int8, activations quantized per call (fbgemm)
+        import copy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return run(torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(visual), {torch.nn.Linear}, dtype=torch.qint8))
+    if name == "compile":
+        return run(torch.compile(visual, dynamic=False))
+    if name in ("ort", "ort-int8"):
+        return _onnx_runtime(visual, tmp, threads, quantized=name == "ort-int8")
+    raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)}, bf16, compile)")
+
+
+def _onnx_runtime(visual: Any, tmp: Path, threads: int, quantized: bool
+                  ) -> Callable[[Any], np.ndarray]:
+    """The tower exported to ONNX once (TorchScript exporter, without torch's fused attention,
+    which it cannot export) and run by ONNX Runtime; int8 with 7-bit weights, which CPUs
+    without VNNI need (their u8 x s8 products saturate otherwise)."""
+    import onnxruntime as ort
+    import torch
+
+    path = tmp / "visual.onnx"
+    if not path.is_file():
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
         try:
-            fn = build(name)
-        except Exception as exc:  # a variant that can't run here is reported, not fatal
-            print(f"  {name:>18}: unavailable ({type(exc).__name__}: {exc})")
-            continue
-        setup = time.perf_counter() - started, cpu_time() - cpu_started
-        with torch.no_grad():
-            out, rate, cpu = measure(fn, args.batch)
-        cosine = float((F.normalize(out.float(), dim=-1) * eager).sum(-1).min())
-        print(f"  {name:>18}: {rate:6.2f} img/s, {cpu:6.1f} ms CPU/img, min cosine {cosine:.6f}"
-              f", set-up {setup[0]:.1f} s ({setup[1]:.1f} s CPU)")
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(visual, (torch.zeros(2, 3, 224, 224),), str(path), dynamo=False,
+                                  input_names=["pixels"], output_names=["features"],
+                                  dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+    if quantized:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(path, tmp / "visual-int8.onnx", weight_type=QuantType.QInt8,
+                         reduce_range=True)
+        path = tmp / "visual-int8.onnx"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"pixels": x.numpy()})[0]
+
+
+def _compare(runners: dict[str, Callable[[Any], np.ndarray]], pixels: Any,
+             args: argparse.Namespace, threads: int) -> None:
+    """Fidelity over every photo, then interleaved timing rounds with ``args.workers``
+    threads at once, each on its own ``args.batch`` photos (the indexer's shape)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from statistics import median
+
+    from scanpixd.pipeline.embed import intra_op_threads
+
+    def rows(fn: Callable[[Any], np.ndarray]) -> np.ndarray:
+        out = np.concatenate([fn(pixels[i:i + args.batch])
+                              for i in range(0, len(pixels), args.batch)])
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    reference = rows(runners["eager"])
+    cosines = {name: (rows(fn) * reference).sum(1) for name, fn in runners.items()}
+    slices = [pixels[(i * args.batch) % len(pixels):][:args.batch] for i in range(args.workers)]
+    count = sum(len(s) for s in slices)
+
+    def batch(fn: Callable[[Any], np.ndarray], x: Any) -> None:
+        with intra_op_threads(threads):
+            fn(x)
+
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    with ThreadPoolExecutor(args.workers) as pool:
+        for rnd in range(args.rounds + 1):  # the first round warms up
+            for name, fn in runners.items():
+                started = cpu_time()
+                list(pool.map(lambda x, fn=fn: batch(fn, x), slices))
+                if rnd:
+                    times[name].append((cpu_time() - started) / count)
+    print(f"  {'variant':>13}  ms CPU/img  x eager  cos min   cos mean   (load "
+          f"{os.getloadavg()[0]:.2f})")
+    for name, spent in times.items():
+        ratio = median(e / t for e, t in zip(times["eager"], spent, strict=True))
+        print(f"  {name:>13}  {1000 * median(spent):9.1f}  {ratio:7.2f}  "
+              f"{cosines[name].min():.6f}  {cosines[name].mean():.6f}")
 
 
 _LOAD_CHILD = """
@@ -299,6 +401,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--checkpoint", default=str(CHECKPOINT))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"for the variants part: any of {', '.join(VARIANTS)}, bf16, compile")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="variants: threads timed at once, each on its own batch")
+    parser.add_argument("--rounds", type=int, default=3, help="variants: timing rounds")
     args = parser.parse_args()
 
     import torch
