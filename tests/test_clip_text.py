@@ -21,11 +21,12 @@ def own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_trimmed_text_encoding_equals_the_full_forward_pass(tiny_clip: TinyClip) -> None:
     model = ClipModel(tiny_clip.settings())
-    texts = ["a dog", "a dog on the beach at sunset with a red ball", "x"]
+    texts = ["a dog", "a dog on the beach at sunset with a red ball", "x", "!?!?!"]
     with model.session() as loaded, torch.inference_mode():
         assert isinstance(loaded.model, CLIP) and loaded.model.text_pool_type == "argmax"
         tokens = loaded.tokenizer(texts)
-        assert int((tokens != 0).sum(dim=1).max()) < tokens.shape[1]  # padding is really cut
+        assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]  # padding is really cut
+        assert (tokens[3, 1:4] == 0).any()  # "!" is id 0: it must not count as padding
         full = loaded.model.encode_text(tokens, normalize=True).float().numpy()
         trimmed = encode_text_trimmed(loaded.model, tokens).float().numpy()
     assert trimmed.shape == full.shape

@@ -28,6 +28,7 @@ TEXTS = ["a dog", "a dog on the beach at sunset with a red ball", "x", "", "   "
          "Grand-mère's café &amp; crème brûlée 🎂", "北京 天安门 2008", "IMG_1234.JPG",
          "don't you'll we've I'm", "<start_of_text> weird <end_of_text> tokens",
          "ＦＵＬＬ-width ｔｅｘｔ", "tab\tand\nnewline", "é" * 300,
+         "!?!?!", '"!"! "!',  # "!" is id 0, inside the text: not padding
          " ".join(["a very long caption about a crowded market at night"] * 20)]
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BpeTokenizer", "vocabulary_file"]
+__all__ = ["VOCABULARY_SIZE", "BpeTokenizer", "vocabulary_file"]
 
 _MERGES = 49152 - 256 - 2  # the vocabulary's merges CLIP uses (its first line is a header)
+VOCABULARY_SIZE = 2 * 256 + _MERGES + 2  # byte symbols, each also word-final, merges, specials
 _CACHE_LIMIT = 50_000
 
 

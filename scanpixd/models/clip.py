@@ -818,8 +818,9 @@ def encode_text_trimmed(model: Any, tokens: Any) -> Any:
 
     if not isinstance(model, CLIP) or model.text_pool_type != "argmax" or model.attn_mask is None:
         return model.encode_text(tokens, normalize=True)
-    used = int((tokens != 0).sum(dim=1).max())
-    length = max(1, min(used, tokens.shape[1]))
+    # up to the last end-of-text token (the largest id); id 0 ("!") can occur inside a text,
+    # so counting non-zero ids would cut it short
+    length = int(tokens.argmax(dim=-1).max()) + 1
     trimmed = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(trimmed).to(cast_dtype)

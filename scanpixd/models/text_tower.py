@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from scanpixd.models.bpe import BpeTokenizer, vocabulary_file
+from scanpixd.models.bpe import VOCABULARY_SIZE, BpeTokenizer, vocabulary_file
 from scanpixd.models.checkpoint import CheckpointFormatError, read_arrays
 from scanpixd.store import atomic
 
@@ -78,7 +78,9 @@ class TextTower:
         return int(self.projection.shape[1])
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
-        length = max(1, min(int((tokens != 0).sum(axis=1).max()), tokens.shape[1]))
+        # up to the last end-of-text token (the largest id, where CLIP pools); not the count
+        # of non-zero ids, since id 0 ("!") can occur inside a text
+        length = int(tokens.argmax(axis=1).max()) + 1
         tokens = tokens[:, :length]
         x = self.token_embedding[tokens] + self.positions[:length]
         mask = np.triu(np.full((length, length), -np.inf, dtype=np.float32), 1)
@@ -186,7 +188,8 @@ def _check_shapes(config: TextConfig, arrays: dict[str, np.ndarray]) -> None:
         if key not in arrays or tuple(arrays[key].shape) != shape:
             raise ValueError(f"text tower tensor {key}: expected shape {shape}")
     embedding, projection = arrays.get("token_embedding.weight"), arrays.get("text_projection")
-    if embedding is None or embedding.ndim != 2 or embedding.shape[1] != width:
+    if embedding is None or embedding.ndim != 2 or embedding.shape[1] != width \
+            or embedding.shape[0] < VOCABULARY_SIZE:
         raise ValueError("text tower tensor token_embedding.weight: wrong shape")
     if projection is None or projection.ndim != 2 or projection.shape[0] != width:
         raise ValueError("text tower tensor text_projection: wrong shape")
@@ -209,7 +212,7 @@ def plain_config(model: Any, tokenizer: Any) -> TextConfig | None:
             getattr(model.transformer, "batch_first", True) is not True:
         return None
     if not (isinstance(tokenizer, SimpleTokenizer) and tokenizer.clean_fn is _clean_lower
-            and tokenizer.reduction_fn is None and len(tokenizer.encoder) == 49408
+            and tokenizer.reduction_fn is None and len(tokenizer.encoder) == VOCABULARY_SIZE
             and tokenizer.context_length == model.context_length):
         return None
     blocks = list(model.transformer.resblocks)
