@@ -20,6 +20,12 @@ Configured globs (``exclude = [...]``), case-sensitive, ``/``-separated, relativ
   ``Private/**``); ``*``, ``?`` and ``[ab]`` never cross a ``/``;
 - a trailing ``/`` restricts a pattern to folders (``cache/``).
 
+A scan asks this of every entry of every folder, so the rules are prepared once: name
+globs that are a plain name, a prefix, a suffix or an infix (``*.part``, ``*.sync-conflict-*``)
+become string tests, the rest one combined regex; globs that can only match hidden names are
+dropped (those are excluded anyway); and path-shaped globs are matched in a folder only when
+their leading literal folders allow a match below it (``Private/**`` is not tried in ``2023/``).
+
 Examples::
 
     >>> ex = Excluder(["*.part", "Private/**", "tmp/"])
@@ -38,9 +44,10 @@ Examples::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import takewhile
 from pathlib import PurePath
 
 from scanpixd.config import Settings
@@ -51,6 +58,8 @@ __all__ = ["BUILTIN_EXCLUDED_NAMES", "Excluder", "is_excluded"]
 BUILTIN_EXCLUDED_NAMES = frozenset(
     {"@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information", "lost+found"}
 )
+_WILD = frozenset("*?[")
+_FOLDERS_KEPT = 4096  # per-folder answers kept before they are dropped all at once
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,47 @@ class _Pattern:
     regex: re.Pattern[str]
     anchored: bool  # matched against the relative path (and its ancestors), else against names
     dirs_only: bool
+    parts: tuple[str, ...]  # the glob's components (one for a name glob)
+
+    def may_match_below(self, folder: Sequence[str]) -> bool:
+        """Whether this anchored glob can match some child of the folder with these components.
+
+        A match has a component per part other than ``**``, and starts with the glob's
+        leading literal components.
+        """
+        if len(folder) + 1 < sum(part != "**" for part in self.parts):
+            return False
+        head = tuple(takewhile(lambda part: part != "**" and not _WILD & set(part), self.parts))
+        shared = min(len(folder), len(head))
+        return tuple(folder[:shared]) == head[:shared]
+
+
+class _Names:
+    """The name rules for files or for folders, as string tests before any regex."""
+
+    __slots__ = ("exact", "infixes", "prefixes", "regex", "suffixes")
+
+    def __init__(self, patterns: Iterable[_Pattern]):
+        tests: dict[str, list[str]] = {"exact": [], "prefix": ["."], "suffix": [], "infix": []}
+        regexes = []
+        for pattern in patterns:
+            kind, text = _shape(pattern.parts[0])
+            if kind == "regex":
+                regexes.append(pattern.regex)
+            elif not (kind in ("exact", "prefix") and text.startswith(".")):
+                tests[kind].append(text)  # (else it matches hidden names only: excluded anyway)
+        self.exact = BUILTIN_EXCLUDED_NAMES.union(tests["exact"])
+        self.prefixes, self.suffixes = tuple(tests["prefix"]), tuple(tests["suffix"])
+        self.infixes = tuple(tests["infix"])
+        self.regex = _combined(regexes)
+
+    def excluded(self, name: str) -> bool:
+        if name in self.exact or name.startswith(self.prefixes) or name.endswith(self.suffixes):
+            return True
+        for infix in self.infixes:
+            if infix in name:
+                return True
+        return self.regex is not None and self.regex.fullmatch(name) is not None
 
 
 class Excluder:
@@ -66,8 +116,12 @@ class Excluder:
     def __init__(self, patterns: Iterable[str] = ()):
         self.patterns = tuple(patterns)
         compiled = [_compile(p, i) for i, p in enumerate(self.patterns)]
-        self._names = tuple(p for p in compiled if not p.anchored)
+        names = [p for p in compiled if not p.anchored]
+        self._files = _Names(p for p in names if not p.dirs_only)
+        self._dirs = _Names(names)
         self._anchored = tuple(p for p in compiled if p.anchored)
+        # folder (relative path) -> the anchored globs to try on its files and on its folders
+        self._below: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Excluder:
@@ -76,17 +130,12 @@ class Excluder:
     def excluded(self, rel: str | PurePath, *, is_dir: bool = False) -> bool:
         """True when ``rel`` (relative to its root) or any folder above it is excluded."""
         parts = _parts(rel)
-        if not parts:
-            return False
         last = len(parts) - 1
+        parent = ""
         for i, name in enumerate(parts):
-            if self._name_excluded(name, is_dir=is_dir or i < last):
+            if self.excluded_child(parent, name, is_dir=is_dir or i < last):
                 return True
-        if not self._anchored:
-            return False
-        for i in range(len(parts)):
-            if self._anchored_excluded("/".join(parts[: i + 1]), is_dir=is_dir or i < last):
-                return True
+            parent = f"{parent}/{name}" if parent else name
         return False
 
     def excluded_child(self, parent_rel: str, name: str, *, is_dir: bool) -> bool:
@@ -94,24 +143,27 @@ class Excluder:
 
         Walkers call this for each directory entry, so a deep tree costs one check per entry.
         """
-        if self._name_excluded(name, is_dir=is_dir):
+        if (self._dirs if is_dir else self._files).excluded(name):
             return True
         if not self._anchored:
             return False
-        rel = f"{parent_rel}/{name}" if parent_rel else name
-        return self._anchored_excluded(rel, is_dir=is_dir)
+        regex = self._anchored_below(parent_rel)[is_dir]
+        return regex is not None and \
+            regex.fullmatch(f"{parent_rel}/{name}" if parent_rel else name) is not None
 
-    def _name_excluded(self, name: str, *, is_dir: bool) -> bool:
-        if name.startswith(".") or name in BUILTIN_EXCLUDED_NAMES:
-            return True
-        return any(
-            (is_dir or not p.dirs_only) and p.regex.fullmatch(name) for p in self._names
-        )
-
-    def _anchored_excluded(self, rel: str, *, is_dir: bool) -> bool:
-        return any(
-            (is_dir or not p.dirs_only) and p.regex.fullmatch(rel) for p in self._anchored
-        )
+    def _anchored_below(self, parent_rel: str
+                        ) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+        """The anchored globs that can match in ``parent_rel``: (for files, for folders)."""
+        found = self._below.get(parent_rel)
+        if found is None:
+            folder = parent_rel.split("/") if parent_rel else []
+            live = [p for p in self._anchored if p.may_match_below(folder)]
+            found = (_combined([p.regex for p in live if not p.dirs_only]),
+                     _combined([p.regex for p in live]))
+            if len(self._below) >= _FOLDERS_KEPT:
+                self._below.clear()
+            self._below[parent_rel] = found
+        return found
 
 
 def is_excluded(rel_path: str | PurePath, settings: Settings, *, is_dir: bool = False) -> bool:
@@ -122,6 +174,34 @@ def is_excluded(rel_path: str | PurePath, settings: Settings, *, is_dir: bool = 
 @lru_cache(maxsize=8)
 def _cached(patterns: tuple[str, ...]) -> Excluder:
     return Excluder(patterns)
+
+
+@lru_cache(maxsize=256)
+def _combined_text(texts: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{text})" for text in texts))
+
+
+def _combined(regexes: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
+    """One regex that fully matches what any of ``regexes`` fully matches (None: nothing)."""
+    if len(regexes) <= 1:
+        return regexes[0] if regexes else None
+    return _combined_text(tuple(r.pattern for r in regexes))
+
+
+def _shape(glob: str) -> tuple[str, str]:
+    """A name glob as ("exact" | "prefix" | "suffix" | "infix", text), or ("regex", "")."""
+    if _WILD & set(glob.replace("*", "")):
+        return "regex", ""
+    pieces = re.sub(r"\*+", "*", glob).split("*")  # "**" in a name is "*"
+    if len(pieces) == 1:
+        return "exact", glob
+    if len(pieces) == 2 and not pieces[0]:
+        return "suffix", pieces[1]
+    if len(pieces) == 2 and not pieces[1]:
+        return "prefix", pieces[0]
+    if len(pieces) == 3 and not pieces[0] and not pieces[2]:
+        return "infix", pieces[1]
+    return "regex", ""
 
 
 def _parts(rel: str | PurePath) -> list[str]:
@@ -138,8 +218,9 @@ def _compile(pattern: str, index: int) -> _Pattern:
     if any(p in ("", ".", "..") for p in parts):
         raise ConfigError(f"exclude[{index}]: {pattern!r} has an empty, '.' or '..' segment")
     if len(parts) == 1 and not pattern.startswith("/") and parts[0] != "**":
-        return _Pattern(re.compile(_component(parts[0], pattern, index)), False, dirs_only)
-    return _Pattern(re.compile(_anchored(parts, pattern, index)), True, dirs_only)
+        return _Pattern(re.compile(_component(parts[0], pattern, index)), False, dirs_only,
+                        tuple(parts))
+    return _Pattern(re.compile(_anchored(parts, pattern, index)), True, dirs_only, tuple(parts))
 
 
 def _anchored(parts: list[str], pattern: str, index: int) -> str:

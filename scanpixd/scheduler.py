@@ -17,6 +17,11 @@ Files nothing names any more (a changed photo's old thumbnails, the temporary fi
 write that a crash cut short) are swept folder by folder when the cheap loop has nothing
 else to do and the slow loop is between batches, since a sweep running beside a writer
 could take an asset whose record is not written yet.
+
+The library-wide passes (time inference) are due a few seconds after the cheap work of
+the last change is done, so they see every file it indexed.  They write records, so the
+status counts them as work: queued while due, busy while they run.  Idle means nothing
+will be written until the next change.
 """
 
 from __future__ import annotations
@@ -162,12 +167,14 @@ class Scheduler:
     # -- the work loop ----------------------------------------------------------------------
     def pending(self) -> dict[str, int]:
         with self._lock:
-            return {"scopes": len(self._scopes), "later": len(self._later), "sweep": len(self._sweep)}
+            return {"scopes": len(self._scopes), "later": len(self._later), "sweep": len(self._sweep),
+                    "upkeep": int(self._upkeep_due is not None)}
 
     def idle(self) -> bool:
         """No work queued or running (tests and benchmarks wait for this)."""
         with self._lock:
-            return not self._scopes and not self._later and not self._sweep and self._active == 0
+            return not self._scopes and not self._later and not self._sweep and self._active == 0 \
+                and self._upkeep_due is None
 
     def run(self, stop: threading.Event) -> None:
         """The cheap loop: reconcile what changed and run the cheap tier, at once."""
@@ -182,12 +189,28 @@ class Scheduler:
     def _later_step(self) -> bool:
         if self._later_batch():
             return True
-        due = self._upkeep_due
-        if due is not None and time.monotonic() >= due:
-            self._upkeep_due = None
-            with self._writing:
-                self.upkeep()
+        if self._take_upkeep():
+            try:
+                with self._writing:
+                    self.upkeep()
+            finally:
+                with self._lock:
+                    self._active -= 1
         return False  # the loop looks again within a second, so a due pass is not missed
+
+    def _take_upkeep(self) -> bool:
+        """Whether the library-wide passes are due now; if so they count as running work."""
+        with self._lock:
+            due = self._upkeep_due
+            if due is None or time.monotonic() < due:
+                return False
+            self._upkeep_due = None
+            self._active += 1
+            return True
+
+    def _upkeep_later(self) -> None:
+        with self._lock:
+            self._upkeep_due = time.monotonic() + self.upkeep_interval
 
     def _loop(self, stop: threading.Event, wake: threading.Event, step: Callable[[], bool]) -> None:
         while not stop.is_set():
@@ -229,13 +252,15 @@ class Scheduler:
         if plan.written:
             self.on_written(plan.written)
         self._follow_folders(held, plan)
-        if plan.work or plan.written or plan.deleted:
-            self._upkeep_due = time.monotonic() + self.upkeep_interval
         self._note_sweep(built, plan)
         summary = Summary()
-        self.indexer.run_cheap(plan.work, summary)
         keys = [(item.folder, item.name) for item in plan.work]
-        self.on_written(keys)
+        try:
+            self.indexer.run_cheap(plan.work, summary)
+            self.on_written(keys)
+        finally:
+            if plan.work or plan.written or plan.deleted:
+                self._upkeep_later()  # after the cheap work: the passes must see what it indexed
         self._queue_later(keys)
         self.counters.indexed += summary.indexed
         self.counters.failed += summary.failed + len(plan.unreadable)
