@@ -368,9 +368,10 @@ def _reference_cli(report: Report, settings: Settings, base: Path, p50: list[flo
                   f"model = open_clip.create_model({arch!r}, pretrained={weights!r}).eval()\n"
                   "with torch.inference_mode():\n"
                   f"    model.encode_text(open_clip.get_tokenizer({arch!r})(['a dog on the beach']))")
-    ours = ("from scanpixd.config import ClipSettings; from scanpixd.models.clip import ClipModel;"
-            f"ClipModel(ClipSettings(model={arch!r}, pretrained={weights!r},"
-            " download=False)).embed_text(['a dog on the beach'])")
+    ours = ("from pathlib import Path; from scanpixd.config import ClipSettings;"
+            " from scanpixd.models.clip import ClipModel;"
+            f"ClipModel(ClipSettings(model={arch!r}, pretrained={weights!r}, download=False),"
+            f" cache_dir=Path({str(settings.cache_dir)!r})).embed_text(['a dog on the beach'])")
     took = {}
     for name, code in (("rclip-like", rclip_like), ("ours", ours)):
         started = time.perf_counter()
