@@ -15,6 +15,7 @@ caller then takes torch's own loader.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import mmap
 import pickle
@@ -85,7 +86,7 @@ def _read_torch_zip(path: Path) -> Any:
         if len(pickles) != 1:
             raise CheckpointFormatError(f"{path}: no single data.pkl (a TorchScript archive?)")
         prefix = pickles[0][: -len("data.pkl")]
-        if archive.namelist().count(prefix + "byteorder") and \
+        if prefix + "byteorder" in archive.namelist() and \
                 archive.read(prefix + "byteorder").strip() not in (b"little", b""):
             raise CheckpointFormatError(f"{path}: big-endian tensors")
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
@@ -121,8 +122,6 @@ class _StateUnpickler(pickle.Unpickler):
     """Rebuilds a state dict's tensors as array views; refuses every other global."""
 
     def __init__(self, data: bytes, storages: _StorageReader):
-        import io
-
         super().__init__(io.BytesIO(data))
         self.storages = storages
 

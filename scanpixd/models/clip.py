@@ -49,6 +49,7 @@ from scanpixd.config import ClipSettings, default_cache_dir
 from scanpixd.errors import ModelUnavailable
 from scanpixd.models.base import LazyModel
 from scanpixd.models.text_tower import TextNote, TextTower, parity_config
+from scanpixd.store import atomic
 
 log = logging.getLogger(__name__)
 
@@ -491,18 +492,9 @@ class _HashFile:
             data = {"version": 1, "files": entries[-_HASH_FILE_ENTRIES:]}
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".hashes-", dir=self.path.parent)
+                atomic.write_json(self.path, data)
             except OSError as exc:
                 log.debug("cannot remember the checkpoint hash in %s: %s", self.path, exc)
-                return
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(data, fh)
-                os.replace(tmp, self.path)
-            except OSError as exc:
-                log.debug("cannot remember the checkpoint hash in %s: %s", self.path, exc)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def _entries(self) -> list[dict[str, Any]]:
         try:

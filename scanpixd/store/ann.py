@@ -487,18 +487,7 @@ class VectorSet:
             rows = np.arange(self._size, self._size + count)
             if self._matrix is not None:
                 self._matrix[rows] = vectors
-            self._owner[rows] = owner
-            self._time[rows] = [np.nan if t is None else t for t in times]
-            self._alive[rows] = True
-            self._size += count
-            self._live += count
-            self._changes += 1
-            if self._building is not None:
-                self._added_while_building.extend(rows.tolist())
-            elif self._graph is not None:
-                self._label_rows(self._graph, rows, vectors)
-            else:
-                self._maybe_build()
+            self._take_rows(rows, owner, [np.nan if t is None else t for t in times], vectors)
             return rows
 
     def add_block(self, vectors: np.ndarray, owners: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -515,19 +504,29 @@ class VectorSet:
                 self._grow(self._size + count)
                 self._matrix[self._size: self._size + count] = vectors
             rows = np.arange(self._size, self._size + count)
-            self._owner[rows] = owners
-            self._time[rows] = times
-            self._alive[rows] = True
-            self._size += count
-            self._live += count
-            self._changes += 1
-            if self._building is not None:
-                self._added_while_building.extend(rows.tolist())
-            elif self._graph is not None:
-                self._label_rows(self._graph, rows, self._matrix[rows])
-            else:
-                self._maybe_build()
+            self._take_rows(rows, owners, times, None)
             return rows
+
+    def _take_rows(self, rows: np.ndarray, owners: Any, times: Any,
+                   vectors: np.ndarray | None) -> None:
+        """Make appended ``rows`` live (lock held): owners, times, and a place in the graph
+        (now, after the build under way, or by starting one).  ``vectors`` are the rows'
+        vectors, or ``None`` when the matrix holds them (read only if the graph needs them)."""
+        self._owner[rows] = owners
+        self._time[rows] = times
+        self._alive[rows] = True
+        self._size += len(rows)
+        self._live += len(rows)
+        self._changes += 1
+        if self._building is not None:
+            self._added_while_building.extend(rows.tolist())
+        elif self._graph is not None:
+            if vectors is None:
+                assert self._matrix is not None  # a block's rows lie in the matrix
+                vectors = self._matrix[rows]
+            self._label_rows(self._graph, rows, vectors)
+        else:
+            self._maybe_build()
 
     def remove(self, rows: Iterable[int]) -> None:
         with self._lock:
