@@ -68,8 +68,10 @@ def default_socket_path() -> Path:
 @dataclass
 class ThumbSettings:
     sizes: list[int] = field(default_factory=lambda: [256, 1024])  # long side in px; never upscaled
-    quality: int = 80  # WebP quality of thumbnails (0-100)
+    quality: int = 80  # WebP or JPEG quality of thumbnails (0-100)
     method: int = 0  # WebP effort 0 (fastest) .. 6 (smallest files)
+    # "auto": WebP up to 512 px (grid thumbnails), JPEG above (previews; much cheaper to make)
+    format: Literal["auto", "webp", "jpeg"] = "auto"
     preview_seconds: float = 3.0  # length of a video's WebM preview
     preview_size: int = 320  # long side of a video preview in px
     preview_fps: float = 8.0  # frames per second of a video preview

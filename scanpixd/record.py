@@ -21,7 +21,7 @@ read a sidecar without scanpixd installed.  Its shape, documented in the README 
                    "gps": {"lat": 43.46, "lon": 11.88, "alt": 243.0} | null,
                    "make", "model", "lens", "width", "height", "orientation", "duration",
                    "source": "exiftool" | "pillow", "raw": {tag: value, ...}},
-      "thumbs":   {"256": "<hash>-256.webp", "1024": "<hash>-1024.webp"},
+      "thumbs":   {"256": "<hash>-256.webp", "1024": "<hash>-1024.jpg"},
       "hashes":   {"dhash": "<hex>", "phash": "<hex>", ...},
       "preview":  {"webm": "<hash>.webm"},                     # videos only
       "taken":    {"local", "utc", "timezone", "offset", "source", "neighbour"?},  # time inference

@@ -32,6 +32,7 @@ from tests.helpers_api import (
     index_library,
     isolated_env,
     read_all,
+    request,
     scanpix_query,
     write_daemon_config,
 )
@@ -146,13 +147,21 @@ def test_keep_alive_serves_several_requests_on_one_connection(served: Served):
     assert data.count(b"HTTP/1.1 200 OK") == 3
 
 
-def test_thumbnail_bytes_are_the_webp_on_disk(served: Served):
+def test_thumbnail_bytes_are_the_files_on_disk_with_their_type(served: Served):
+    """The grid thumbnail is WebP, the preview JPEG (``thumbs.format = "auto"``)."""
+    from urllib.parse import urlencode
+
     photo = served.library.files["IMG_0101.jpg"]
     info = served.client.post("/v1/item", path=str(photo))
-    smallest = min(info["thumbs"], key=int)
-    data = served.client.get_bytes("/v1/thumbnail", path=str(photo), size=int(smallest))
-    assert data == Path(info["thumbs"][smallest]).read_bytes()
-    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    smallest, largest = min(info["thumbs"], key=int), max(info["thumbs"], key=int)
+    for size, magic, content_type in ((smallest, b"RIFF", "image/webp"),
+                                      (largest, b"\xff\xd8\xff", "image/jpeg")):
+        query = urlencode({"path": str(photo), "size": size})
+        reply = request(served.sock, f"GET /v1/thumbnail?{query} HTTP/1.1\r\nHost: x\r\n"
+                                     "Connection: close\r\n\r\n".encode())
+        assert reply.status == 200 and reply.headers["content-type"] == content_type
+        assert reply.body == Path(info["thumbs"][size]).read_bytes()
+        assert reply.body.startswith(magic)
 
 
 def test_reindex_is_queued_for_a_file_inside_a_root(served: Served):

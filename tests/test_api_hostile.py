@@ -75,7 +75,9 @@ def plant_hostile_sidecars(library: ApiLibrary, config: Path) -> None:
     assert record is not None
     link = folder.asset_path("planted.webp")
     link.symlink_to(library.secret)
-    record["thumbs"] = {"256": "planted.webp"}
+    # a regular file among the thumbnails, named like a JPEG but no image at all
+    folder.write_asset("planted-128.jpg", b"not an image: " + SECRET)
+    record["thumbs"] = {"256": "planted.webp", "128": "planted-128.jpg"}
     folder.write(record)
 
 
@@ -288,6 +290,13 @@ def test_a_sidecar_naming_a_file_elsewhere_never_leaks_it(target: Target, name: 
     """scan-01's record names ``../../../../outside/secret.webp``; scan-02's thumbnail is a symlink."""
     photo = target.library.root / "misc" / name
     reply = target.ask(get(f"/v1/thumbnail?{urlencode({'path': str(photo)})}"))
+    assert "no thumbnail" in assert_json_error(reply, 404)
+    assert SECRET not in reply.body
+
+
+def test_a_thumbnail_that_is_no_image_is_never_sent(target: Target):
+    photo = target.library.root / "misc" / "scan-02.png"
+    reply = target.ask(get(f"/v1/thumbnail?{urlencode({'path': str(photo), 'size': 128})}"))
     assert "no thumbnail" in assert_json_error(reply, 404)
     assert SECRET not in reply.body
 

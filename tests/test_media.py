@@ -316,15 +316,46 @@ def test_thumbnails_are_written_at_each_size(tmp_path: Path, services: Services)
     assert run_stage(MediaStage(services), job)
     assert run_stage(ThumbsStage(services), job), job.record["errors"]
     key = content_key(job.record)
-    assert job.record["thumbs"] == {"1024": f"{key}-1024.webp", "256": f"{key}-256.webp"}
+    # the default "auto" format: WebP grid thumbnails, a JPEG preview
+    assert job.record["thumbs"] == {"1024": f"{key}-1024.jpg", "256": f"{key}-256.webp"}
     for size, name in job.record["thumbs"].items():
         path_on_disk = job.folder.asset_path(name)
         assert path_on_disk.parent.name == "thumbs" and ".scanpix" in str(path_on_disk)
         with Image.open(path_on_disk) as thumb:
-            assert thumb.format == "WEBP"
+            assert thumb.format == ("JPEG" if size == "1024" else "WEBP")
             assert max(thumb.size) == int(size)
             assert thumb.size[0] > thumb.size[1]  # the stored portrait data shows landscape
             assert near(corner_colours(thumb)[0], RED)
+
+
+@pytest.mark.parametrize("fmt, expected", [("webp", "WEBP"), ("jpeg", "JPEG")])
+def test_thumbnail_format_setting_applies_to_every_size(tmp_path: Path, services: Services,
+                                                        fmt: str, expected: str) -> None:
+    services.settings.thumbs.format = fmt
+    services.settings.thumbs.sizes = [128, 600, 1024]
+    path = tmp_path / "photo.jpg"
+    save_oriented(path, marked_picture((1600, 1200)), 1)
+    job = make_job(path, services.settings)
+    assert run_stage(MediaStage(services), job)
+    assert run_stage(ThumbsStage(services), job), job.record["errors"]
+    suffix = {"webp": ".webp", "jpeg": ".jpg"}[fmt]
+    assert sorted(job.record["thumbs"], key=int) == ["128", "600", "1024"]
+    for size, name in job.record["thumbs"].items():
+        assert name.endswith(f"-{size}{suffix}")
+        with Image.open(job.folder.asset_path(name)) as thumb:
+            assert thumb.format == expected and max(thumb.size) == int(size)
+            assert near(corner_colours(thumb)[0], RED)
+
+
+def test_auto_format_keeps_webp_up_to_512_px(tmp_path: Path, services: Services) -> None:
+    services.settings.thumbs.sizes = [256, 512, 513, 2048]
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (3000, 2000), BLUE).save(path)
+    job = make_job(path, services.settings)
+    assert run_stage(MediaStage(services), job)
+    assert run_stage(ThumbsStage(services), job), job.record["errors"]
+    suffixes = {size: name.rsplit(".", 1)[1] for size, name in job.record["thumbs"].items()}
+    assert suffixes == {"256": "webp", "512": "webp", "513": "jpg", "2048": "jpg"}
 
 
 def test_thumbnails_never_upscale(tmp_path: Path, services: Services) -> None:
@@ -370,3 +401,16 @@ def test_thumbs_version_key_follows_the_sizes(settings: Settings) -> None:
     before = ThumbsStage(Services(settings)).version_key()
     settings.thumbs.sizes = [256, 512, 1024]
     assert ThumbsStage(Services(settings)).version_key() != before
+
+
+def test_thumbnail_format_is_read_and_checked(tmp_path: Path) -> None:
+    from scanpixd.config import load_settings
+    from scanpixd.errors import ConfigError
+
+    config = tmp_path / "config.toml"
+    config.write_text('[thumbs]\nformat = "jpeg"\n')
+    assert load_settings(config, environ={}).thumbs.format == "jpeg"
+    assert load_settings(config, environ={"SCANPIX_THUMBS_FORMAT": "webp"}).thumbs.format == "webp"
+    config.write_text('[thumbs]\nformat = "png"\n')
+    with pytest.raises(ConfigError, match="thumbs.format"):
+        load_settings(config, environ={})

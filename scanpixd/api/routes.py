@@ -193,7 +193,8 @@ class Router:
         size = None
         if args.get("size") not in (None, ""):
             size = _int(args, "size", 1, 100_000)
-        return Response(200, _read_thumbnail(self.api.thumbnail(_path(args), size)), "image/webp")
+        data, content_type = _read_thumbnail(self.api.thumbnail(_path(args), size))
+        return Response(200, data, content_type)
 
     def _reindex(self, args: dict[str, Any]) -> Response:
         _only(args, {"path"})
@@ -246,12 +247,12 @@ def _path(args: dict[str, Any]) -> Path:
     return path
 
 
-def _read_thumbnail(path: Path) -> bytes:
-    """The bytes of a thumbnail, only if it really is one.
+def _read_thumbnail(path: Path) -> tuple[bytes, str]:
+    """The bytes and content type of a thumbnail, only if it really is one.
 
     The asset name comes from a sidecar, which a synced or copied library may have written
-    anywhere; a ``..`` in it, a symlink, or anything that is not a WebP image must never
-    turn this route into a way to read other files.
+    anywhere; a ``..`` in it, a symlink, or anything that is not a WebP or JPEG image must
+    never turn this route into a way to read other files.
     """
     missing = FileNotFoundError(f"{path.name}: no thumbnail")
     if ".." in path.parts:
@@ -265,9 +266,11 @@ def _read_thumbnail(path: Path) -> bytes:
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_THUMBNAIL:
             raise missing
         data = handle.read(MAX_THUMBNAIL)
-    if not (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-        raise missing
-    return data
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return data, "image/webp"
+    if data[:3] == b"\xff\xd8\xff":
+        return data, "image/jpeg"
+    raise missing
 
 
 def openapi(router: Router) -> dict[str, Any]:

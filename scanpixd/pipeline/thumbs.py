@@ -1,10 +1,15 @@
-"""The thumbnails stage: small WebP copies of every picture and video poster.
+"""The thumbnails stage: small copies of every picture and video poster.
 
 Thumbnails make the library browsable before any model runs, so they are made in the
 cheap tier from the picture the media stage already decoded (upright, sRGB, at most the
 largest size).  Each smaller size is resized from the next larger one, which costs a
 fraction of resizing from the original.  Files are named by content hash, so exact
 copies in one folder share them and a rename keeps them: an existing file is reused.
+
+Grid thumbnails are WebP (smallest files, and a screen shows hundreds of them); larger
+previews are JPEG by default, as Immich stores them: at 1024 px, JPEG encodes about 8x
+and decodes about 4x faster than WebP for some 14 % more bytes, and the model stages
+read that preview back for every photo.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class ThumbsStage(Stage):
     name = "thumbs"
     version = 1
     tier = Tier.CHEAP
+    # ``thumbs.format = "auto"``: WebP up to this long side, JPEG above it.
+    AUTO_WEBP_UP_TO = 512
 
     def __init__(self, services: Services):
         self.services = services
@@ -42,16 +49,27 @@ class ThumbsStage(Stage):
 
     def run(self, job: Job) -> None:
         key = content_key(job.record)
-        names = {size: f"{key}-{size}.webp" for size in self.sizes}
+        formats = {size: self.format_for(size) for size in self.sizes}
+        names = {size: f"{key}-{size}.{SUFFIXES[fmt]}" for size, fmt in formats.items()}
         missing = [size for size, name in names.items() if not job.folder.has_asset(name)]
         if missing:
             settings = self.services.settings.thumbs
             image = decode_working_image(job, self.services)
             for size, picture in scaled(image, self.sizes):
                 if size in missing:
-                    data = encode_webp(picture, settings.quality, settings.method)
+                    data = encode(picture, formats[size], settings.quality, settings.method)
                     job.folder.write_asset(names[size], data)
         job.record[self.name] = {str(size): name for size, name in names.items()}
+
+    def format_for(self, size: int) -> str:
+        """The file format of the thumbnail of long side ``size``: "webp" or "jpeg"."""
+        chosen = self.services.settings.thumbs.format
+        if chosen != "auto":
+            return chosen
+        return "webp" if size <= self.AUTO_WEBP_UP_TO else "jpeg"
+
+
+SUFFIXES = {"webp": "webp", "jpeg": "jpg"}
 
 
 def content_key(record: Record) -> str:
@@ -83,9 +101,25 @@ def fit(image: Image.Image, size: int) -> Image.Image:
     return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 
+def encode(image: Image.Image, fmt: str, quality: int, method: int) -> bytes:
+    """``image`` as a WebP or JPEG file's bytes."""
+    if fmt == "jpeg":
+        return encode_jpeg(image, quality)
+    return encode_webp(image, quality, method)
+
+
 def encode_webp(image: Image.Image, quality: int, method: int) -> bytes:
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, "WEBP", quality=max(0, min(100, quality)), method=max(0, min(6, method)))
+    return buffer.getvalue()
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    # Baseline, not optimised: optimising the Huffman tables saves ~2 % for twice the time.
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=max(1, min(100, quality)))
     return buffer.getvalue()

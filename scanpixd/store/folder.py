@@ -5,7 +5,7 @@ Layout (relative to the data directory, normally ``<folder>/.scanpix/``)::
     FORMAT                      format version of this directory
     records/<name>.json         one record per original (see scanpixd.record)
     records/#<hash>.json        the same, for names too long to carry a suffix
-    thumbs/<hash>-<size>.webp   thumbnails, keyed by content hash (shared by copies)
+    thumbs/<hash>-<size>.webp   thumbnails (.jpg previews), keyed by content hash (shared by copies)
     previews/<hash>.webm        short video previews
     index/                      derived ANN indexes (rebuildable from records)
 
