@@ -13,15 +13,25 @@ Run ``python -m benchmarks.bench_faces``.  Prints:
   run it: HOG scans outside the GIL), at upsample 1 on 1024 px and at upsample 0 on the
   picture enlarged to 1536 px, and with two worker processes, against a naive reference
   measured in the same run: full decode and detection at full resolution, one process
-  (what a plain face_recognition loop does).  The largest corpus photos are used.
+  (what a plain face_recognition loop does).  The largest corpus photos are used;
+* ms of CPU per face of dlib's own encoder and of the numpy one (``face_resnet``) on the
+  same faces of every distinct corpus photo, in turns in one run, with how far apart their
+  encodings are, the load times, and the numpy encoder in two threads at once.
+
+``python -m benchmarks.bench_faces encoder`` runs only the last part (~30 s).
 """
 
 from __future__ import annotations
 
+import scanpixd  # noqa: F401  first, as in the daemon: one BLAS thread, set before numpy loads
+
+# isort: split
 import itertools
 import multiprocessing
+import os
 import queue
 import random
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +42,8 @@ import numpy as np
 from PIL import Image
 
 from scanpixd.config import FaceSettings, Settings
-from scanpixd.models.faces import FaceModel
+from scanpixd.models import face_resnet
+from scanpixd.models.faces import FaceModel, model_directory
 from scanpixd.people import People, face_ref
 from scanpixd.store import Store
 from tests.helpers_faces import TRUTH, corpus, faces_record, library, working_image
@@ -183,10 +194,95 @@ def throughput() -> None:
           f"{one_s / rows[3][1][0]:.2f}x (1 thread)")
 
 
+# -- encoder -----------------------------------------------------------------------------
+ROUNDS = 3  # turns of each encoder over all faces
+
+
+def _shapes() -> list[tuple[np.ndarray, Any]]:
+    """(pixels, 68-point shapes) of every distinct corpus photo with faces, as the stage has."""
+    import dlib
+
+    directory = model_directory()
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(directory / "shape_predictor_68_face_landmarks.dat"))
+    found, seen = [], set()
+    for rel in TRUTH:
+        path = corpus() / rel
+        content = faces_record(rel)["hash"]
+        if content in seen or path.suffix == ".mp4":
+            continue
+        seen.add(content)
+        pixels = np.asarray(working_image(path))
+        shapes = dlib.full_object_detections()
+        for rect in detector(pixels, 1):
+            shapes.append(predictor(pixels, rect))
+        if len(shapes):
+            found.append((pixels, shapes))
+    return found
+
+
+def _encode(encoder: Any, faces: list[tuple[np.ndarray, Any]]) -> np.ndarray:
+    return np.concatenate([np.asarray(encoder.compute_face_descriptor(pixels, shapes, 1),
+                                      dtype=np.float32).reshape(-1, 128)
+                           for pixels, shapes in faces])
+
+
+def _loaded(make: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return make(), time.perf_counter() - start
+
+
+def encoders() -> None:
+    import dlib
+
+    path = model_directory() / "dlib_face_recognition_resnet_model_v1.dat"
+    slow, slow_load = _loaded(lambda: dlib.face_recognition_model_v1(str(path)))
+    net, fast_load = _loaded(lambda: face_resnet.load(path))
+    fast = face_resnet.ChipEncoder(net, dlib.get_face_chips)
+    faces = _shapes()
+    count = sum(len(shapes) for _, shapes in faces)
+    load_before = os.getloadavg()[0]
+    cpu: dict[str, list[float]] = {"dlib": [], "numpy": []}
+    out: dict[str, np.ndarray] = {}
+    for turn in range(ROUNDS):
+        for label, encoder in [("dlib", slow), ("numpy", fast)][:: 1 if turn % 2 else -1]:
+            start = time.process_time()
+            out[label] = _encode(encoder, faces)
+            cpu[label].append((time.process_time() - start) / count)
+    diff = out["numpy"] - out["dlib"]
+    ms = {label: 1000 * min(values) for label, values in cpu.items()}
+    print(f"encoder: {count} faces in {len(faces)} photos, best of {ROUNDS} turns, load average "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"  ms CPU per face: dlib {ms['dlib']:.1f}, numpy {ms['numpy']:.1f} "
+          f"({ms['dlib'] / ms['numpy']:.1f}x); every turn: dlib "
+          f"{' '.join(f'{1000 * v:.1f}' for v in cpu['dlib'])}, numpy "
+          f"{' '.join(f'{1000 * v:.1f}' for v in cpu['numpy'])}")
+    print(f"  numpy vs dlib encodings: max abs difference {np.abs(diff).max():.2e}, max "
+          f"distance {np.linalg.norm(diff, axis=1).max():.2e}; load dlib {slow_load:.2f} s, "
+          f"numpy {fast_load:.2f} s")
+    _concurrent(fast, faces, count)
+
+
+def _concurrent(encoder: Any, faces: list[tuple[np.ndarray, Any]], count: int) -> None:
+    """The numpy encoder in one thread, then in two at once (two model workers, no lock)."""
+    rates = []
+    for threads in (1, 2):
+        start, cpu = time.perf_counter(), time.process_time()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda _: _encode(encoder, faces), range(threads)))
+        wall = time.perf_counter() - start
+        rates.append(threads * count / wall)
+        print(f"  numpy, {threads} thread(s): {rates[-1]:.1f} faces/s wall, "
+              f"{1000 * (time.process_time() - cpu) / (threads * count):.1f} ms CPU per face")
+    print(f"  2 threads vs 1: {rates[1] / rates[0]:.2f}x faces/s")
+
+
 def main() -> None:
     np.set_printoptions(precision=3)
-    clustering()
-    throughput()
+    if sys.argv[1:] != ["encoder"]:
+        clustering()
+        throughput()
+    encoders()
 
 
 if __name__ == "__main__":
