@@ -184,11 +184,12 @@ def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
     for item in items:
         unique.setdefault(str(item.path), item)  # a path listed twice is one file
     pool = list(unique.values())
-    records = [item.record for item in pool]  # read once: a library decodes them on access
-    contents = _contents(records)
+    limits = thresholds(section)
+    facts = _Facts((item.record for item in pool), len(pool), limits.min_detail)
+    contents = _contents(facts.content)
     components: list[tuple[list[int], bool]] = []
     if wanted & {"near", "burst"} and len(contents) > 1:
-        table = _Table(pool, records, contents, section.burst_window, thresholds(section))
+        table = _Table(pool, facts, contents, section.burst_window, limits)
         if section.turned and "near" in wanted:
             table.find_turns()
         components = _Linker(table, wanted, section.clip_confirm).components()
@@ -202,13 +203,70 @@ def find_groups(items: Iterable[Item], settings: Settings | DuplicateSettings,
     return groups
 
 
-def _contents(records: Sequence[Record]) -> list[list[int]]:
-    """Indices of ``records`` by content: files with one content hash share an entry."""
+class _Facts:
+    """What grouping reads of every record, as columns (one row per item).
+
+    Each record is decoded once and reduced to its row at once: a library's items decode
+    their records on access, and 100k decoded records (or small objects kept from each)
+    would hold about a gigabyte."""
+
+    def __init__(self, records: Iterable[Record], n: int, min_detail: float):
+        self.content: list[str | None] = []
+        self.hashes = [np.zeros((n, bits // 8), np.uint8) for _, bits in _HASH_FIELDS]
+        self.hashed = np.zeros(n, bool)
+        self.utc = np.full(n, np.nan)
+        self.local = np.full(n, np.nan)
+        self.precise = np.zeros(n, bool)
+        self.camera = np.full(n, -1, np.int64)
+        self.has_clip = np.zeros(n, bool)
+        self._cameras: dict[str, int] = {}
+        for i, record in enumerate(records):
+            self._add(i, record, min_detail)
+
+    def _add(self, i: int, record: Record, min_detail: float) -> None:
+        content = record.get("hash")
+        self.content.append(content if isinstance(content, str) and content else None)
+        texts = _hash_texts(record, min_detail)
+        values = _parse_hashes(texts) if texts is not None else None
+        if values is not None:
+            self.hashed[i] = True
+            for column, value in zip(self.hashes, values, strict=True):
+                column[i] = np.frombuffer(value, np.uint8)
+        taken = record.get("taken")
+        taken = taken if isinstance(taken, dict) else {}
+        metadata = record.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        utc = _seconds(taken.get("utc") or metadata.get("taken_utc"), aware=True)
+        local_text = taken.get("local") or metadata.get("taken_local")
+        local = _seconds(local_text, aware=False)
+        if utc is not None:
+            self.utc[i] = utc
+        if local is not None:
+            self.local[i] = local
+            self.precise[i] = str(local_text)[19:20] == "."
+        model = _camera(record)
+        if model:
+            self.camera[i] = self._cameras.setdefault(model, len(self._cameras))
+        self.has_clip[i] = "clip" in record
+
+
+def _parse_hashes(texts: tuple[str, str, str, str]) -> list[bytes] | None:
+    """The four hex hashes as bytes; None when any of them is not valid hex."""
+    values = []
+    for text, (_, bits) in zip(texts, _HASH_FIELDS, strict=True):
+        found = parse_hex(text, bits)
+        if found is None or len(found) * 8 != bits:  # fromhex skips spaces: "ab cd" is 2 bytes
+            return None
+        values.append(found)
+    return values
+
+
+def _contents(keys: Sequence[str | None]) -> list[list[int]]:
+    """Indices of ``keys`` by content: files with one content hash share an entry."""
     by_hash: dict[str, int] = {}
     contents: list[list[int]] = []
-    for i, record in enumerate(records):
-        key = record.get("hash")
-        if isinstance(key, str) and key:
+    for i, key in enumerate(keys):
+        if key is not None:
             slot = by_hash.setdefault(key, len(contents))
             if slot == len(contents):
                 contents.append([])
@@ -228,59 +286,24 @@ _HASH_FIELDS = (("phash", FINE_BITS), ("dhash", FINE_BITS), ("phash8", COARSE_BI
 class _Table:
     """Per distinct content: hashes as bit arrays, capture times, camera, CLIP vectors."""
 
-    def __init__(self, pool: Sequence[Item], records: Sequence[Record], contents: list[list[int]],
+    def __init__(self, pool: Sequence[Item], facts: _Facts, contents: list[list[int]],
                  window: float, limits: Thresholds):
-        self.items = [pool[c[0]] for c in contents]
-        self.records = [records[c[0]] for c in contents]
-        self.n = n = len(self.records)
+        first = np.fromiter((c[0] for c in contents), np.int64, len(contents))
+        self.items = [pool[i] for i in first]
+        self.n = len(first)
         self.window = window
         self.limits = limits
-        self.hashed = np.zeros(n, bool)
-        self.fine_p, self.fine_d, self.coarse_p, self.coarse_d = self._read_hashes()
+        self.hashed = facts.hashed[first]
+        self.fine_p, self.fine_d, self.coarse_p, self.coarse_d = (h[first] for h in facts.hashes)
         # The same bits as 64-bit word columns: what distances are computed from.
         self.words = {name: _columns(bits) for name, bits in
                       zip(("p", "d", "p8", "d8"), (self.fine_p, self.fine_d, self.coarse_p,
                                                    self.coarse_d), strict=True)}
         self.turned: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # see find_turns
-        self.utc = np.full(n, np.nan)
-        self.local = np.full(n, np.nan)
-        self.precise = np.zeros(n, bool)
-        self.camera = np.full(n, -1, np.int64)
-        self.has_clip = np.zeros(n, bool)
-        cameras: dict[str, int] = {}
-        for i, record in enumerate(self.records):
-            self._times(i, record)
-            model = _camera(record)
-            if model:
-                self.camera[i] = cameras.setdefault(model, len(cameras))
-            self.has_clip[i] = "clip" in record
+        self.utc, self.local = facts.utc[first], facts.local[first]
+        self.precise, self.camera = facts.precise[first], facts.camera[first]
+        self.has_clip = facts.has_clip[first]
         self._clip: dict[int, tuple[str, np.ndarray] | None] = {}
-
-    def _read_hashes(self) -> list[np.ndarray]:
-        """The four hashes as (n, bytes) arrays; rows without usable hashes stay unhashed."""
-        rows: list[int] = []
-        found: list[tuple[str, str, str, str]] = []
-        min_detail = self.limits.min_detail
-        for i, record in enumerate(self.records):
-            texts = _hash_texts(record, min_detail)
-            if texts is not None:
-                rows.append(i)
-                found.append(texts)
-        columns = [list(c) for c in zip(*found, strict=True)] or [[] for _ in _HASH_FIELDS]
-        arrays = []
-        good = np.ones(len(rows), bool)
-        for column, (_, bits) in zip(columns, _HASH_FIELDS, strict=True):
-            values, valid = _unhex(column, bits // 8)
-            arrays.append(values)
-            good &= valid
-        chosen = np.asarray(rows, np.int64)[good]
-        self.hashed[chosen] = True
-        out = []
-        for values, (_, bits) in zip(arrays, _HASH_FIELDS, strict=True):
-            full = np.zeros((self.n, bits // 8), np.uint8)
-            full[chosen] = values[good]
-            out.append(full)
-        return out
 
     def find_turns(self) -> None:
         """Also compare pictures turned or mirrored (a copy that lost its EXIF orientation):
@@ -290,27 +313,13 @@ class _Table:
             coarse = turn_phash(self.coarse_p, COARSE_SIZE, turn)
             self.turned.append((fine, _columns(fine), _columns(coarse)))
 
-    def _times(self, i: int, record: Record) -> None:
-        taken = record.get("taken")
-        taken = taken if isinstance(taken, dict) else {}
-        metadata = record.get("metadata")
-        metadata = metadata if isinstance(metadata, dict) else {}
-        utc = _seconds(taken.get("utc") or metadata.get("taken_utc"), aware=True)
-        local_text = taken.get("local") or metadata.get("taken_local")
-        local = _seconds(local_text, aware=False)
-        if utc is not None:
-            self.utc[i] = utc
-        if local is not None:
-            self.local[i] = local
-            self.precise[i] = str(local_text)[19:20] == "."
-
     def clip(self, i: int) -> tuple[str, np.ndarray] | None:
         """``(model:width, unit vector)`` of the first frame; a library item gives it from
         its vector set (its record holds no vectors), any other item from its record."""
         if i not in self._clip:
             from_library = getattr(self.items[i], "first_vector", None)
             found = from_library() if from_library is not None else None
-            self._clip[i] = found if found is not None else _clip_vector(self.records[i])
+            self._clip[i] = found if found is not None else _clip_vector(self.items[i].record)
         return self._clip[i]
 
 
@@ -360,21 +369,6 @@ def _hash_texts(record: Record, min_detail: float) -> tuple[str, str, str, str] 
 
 
 _HEX_LENGTHS = tuple(bits // 4 for _, bits in _HASH_FIELDS)
-
-
-def _unhex(texts: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hex strings of one width as a (n, width) byte array, and which of them were valid."""
-    valid = np.ones(len(texts), bool)
-    try:
-        raw = bytes.fromhex("".join(texts))
-    except ValueError:
-        parts = []
-        for k, text in enumerate(texts):
-            found = parse_hex(text, width * 8)
-            valid[k] = found is not None
-            parts.append(found if found is not None else bytes(width))
-        raw = b"".join(parts)
-    return np.frombuffer(raw, np.uint8).reshape(len(texts), width), valid
 
 
 def _camera(record: Record) -> str | None:
