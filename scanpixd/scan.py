@@ -353,7 +353,7 @@ class _Settled:
         with contextlib.suppress(OSError):
             path = self._path(folder)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(path, orjson.dumps(note))
+            atomic.write_bytes(path, orjson.dumps(note), durable=False)
 
     def _path(self, folder: FolderStore) -> Path:
         key = hashlib.blake2b(os.fsencode(folder.folder), digest_size=16).hexdigest()

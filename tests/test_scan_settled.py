@@ -208,3 +208,20 @@ def test_a_new_exclude_pattern_is_seen(settings: Settings, lib: Path, stages: li
     settings.exclude = [*settings.exclude, "IMG_0000.jpg"]
     plan = rescan(settings, lib, stages, read)
     assert set(read) == {lib / "album00"} and plan.removed == 1
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("damage", [b"", b"{not json", b"\0" * 64, b'{"version": 1}'])
+def test_a_damaged_note_only_costs_a_read(settings: Settings, lib: Path, stages: list[Stage],
+                                          read: list[Path], damage: bytes) -> None:
+    """Notes are written without fsync: what a crash may leave (nothing, zeros, a cut or old
+    note) must only make the folder be read again, and the changes in it still be seen."""
+    settle(settings, lib, stages, read)
+    notes = sorted((settings.cache_dir / "scan").rglob("*.json"))
+    assert len(notes) == 2
+    for note in notes:
+        note.write_bytes(damage)
+    make_photo(lib / "album01" / "IMG_new.jpg", seed=97)
+    plan = rescan(settings, lib, stages, read)
+    assert sorted(read) == [lib / "album00", lib / "album01"]
+    assert ([w.name for w in plan.work], plan.unchanged) == (["IMG_new.jpg"], 6)

@@ -29,25 +29,30 @@ def is_temp_name(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def replacing(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def replacing(target: Path, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
     """A new file that replaces ``target`` when the block ends (written, fsync'd, renamed);
-    on an error the temp file is removed and ``target`` is untouched."""
+    on an error the temp file is removed and ``target`` is untouched.
+
+    ``durable=False`` skips the fsync: for machine-local derived data (caches, notes) whose
+    readers check what they read, where a crash may leave the old file, or an empty or
+    short one, and that only costs a rebuild.  A cold start writes thousands of them."""
     tmp = temp_name(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_bytes(target: Path, data: bytes) -> None:
+def write_bytes(target: Path, data: bytes, durable: bool = True) -> None:
     """Atomically replace ``target`` with ``data`` (temp file, fsync, rename)."""
-    with replacing(target) as fh:
+    with replacing(target, durable=durable) as fh:
         fh.write(data)
 
 

@@ -199,5 +199,5 @@ def _save_if_changed(cache: Path, fresh: dict[str, Entry], stored: str | None, v
                 "token": kept, "entries": keep}
         with contextlib.suppress(OSError):
             cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(cache, orjson.dumps(data))
+            atomic.write_bytes(cache, orjson.dumps(data), durable=False)
     return kept if len(keep) == len(fresh) else None
