@@ -139,6 +139,12 @@ class DaemonSettings:
     poll_roots: list[Path] = field(default_factory=list)  # roots watched by polling (NFS, SMB)
     poll_interval: float = 30.0
     queue_size: int = 10000
+    upkeep_delay: float = 5.0  # seconds from the last change's cheap work to the time pass
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.upkeep_delay < float("inf"):  # TOML has nan and inf: neither is a delay
+            raise ConfigError(f"daemon.upkeep_delay: expected a finite number of seconds, "
+                              f"got {self.upkeep_delay!r}")
 
 
 @dataclass

@@ -4,8 +4,10 @@ start → settings → instance lock → load the library view from the sidecars
 → watch → reconcile every root (READY=1 once it is scheduled) → keep everything current.
 
 SIGTERM/SIGINT stop cleanly: watching stops, the file in flight is finished (its record is
-written atomically) and the rest is left for the next start's reconcile.  SIGHUP reloads
-the configuration: roots added or removed, excludes and timings changed, without restart.
+written atomically) and the rest is left for the next start's reconcile, which also finds
+the library-wide time pass due if it has not run since the records last changed.  SIGHUP
+reloads the configuration: roots added or removed, excludes and timings changed, without
+restart.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from scanpixd.indexer import Indexer
 from scanpixd.instance import InstanceLock
 from scanpixd.notify import Notifier
 from scanpixd.pipeline import Services
+from scanpixd.record import Record
 from scanpixd.scheduler import Scheduler
 from scanpixd.service import LibraryService
-from scanpixd.store import Store
+from scanpixd.store import FolderStore, Store
+from scanpixd.upkeep import run_times, times_due
 from scanpixd.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,8 @@ class Daemon:
                                    on_written=self.service.records_written,
                                    on_deleted=self.service.records_deleted,
                                    view=self._view_under,
-                                   upkeep=self.service.upkeep)
+                                   upkeep=self._upkeep, upkeep_due=self._upkeep_due,
+                                   upkeep_interval=settings.daemon.upkeep_delay)
         self.watcher = Watcher(settings, self.scheduler)
         self.service.attach(self.scheduler, self.watcher)
         self.api: ApiServer | None = None
@@ -154,6 +159,7 @@ class Daemon:
         self.indexer.settings = settings  # excludes of the reconcile, batch sizes
         self.service.settings = self.service.library.settings = settings  # excludes of the view
         self.watcher.apply_settings(settings)
+        self.scheduler.upkeep_interval = settings.daemon.upkeep_delay
         self.service.set_roots(roots)  # the view first: the rescans below report against it
         self.scheduler.set_roots(roots)
         log.info("configuration reloaded: %d roots (%d new)", len(roots), len(added))
@@ -179,6 +185,20 @@ class Daemon:
             if folder == path or path in folder.parents:
                 held.setdefault(folder, []).append(item.name)
         return held
+
+    def _upkeep(self) -> None:
+        """The time pass over what the view holds, noted so that a restart knows whether it
+        is still due (see scanpixd.upkeep)."""
+        written = run_times(self.scheduler.known_folders(), self._entries, self.service.roots,
+                            self.settings)
+        if written:
+            self.service.records_written(written)
+
+    def _upkeep_due(self) -> bool:
+        return times_due(self.scheduler.known_folders(), self.service.roots, self.settings)
+
+    def _entries(self) -> list[tuple[FolderStore, str, Record]]:
+        return [(item.folder, item.name, item.record) for item in self.service.library.items()]
 
     def _healthy(self) -> bool:
         return all(t.is_alive() for t in self._threads)

@@ -19,9 +19,11 @@ else to do and the slow loop is between batches, since a sweep running beside a 
 could take an asset whose record is not written yet.
 
 The library-wide passes (time inference) are due a few seconds after the cheap work of
-the last change is done, so they see every file it indexed.  They write records, so the
-status counts them as work: queued while due, busy while they run.  Idle means nothing
-will be written until the next change.
+the last change is done, so they see every file it indexed.  A reconcile that finds
+nothing to do (the start's, above all) asks whether they are due anyway: a stop or a
+crash before they ran leaves records they never saw, and no change brings them back.
+They write records, so the status counts them as work: queued while due, busy while they
+run.  Idle means nothing will be written until the next change.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class Scheduler:
                  on_written: Callable[[list[Key]], None] | None = None,
                  on_deleted: Callable[[list[Key]], None] | None = None,
                  view: ViewFn | None = None,
-                 upkeep: Callable[[], None] | None = None, upkeep_interval: float = 5.0):
+                 upkeep: Callable[[], None] | None = None, upkeep_interval: float = 5.0,
+                 upkeep_due: Callable[[], bool] | None = None):
         self.indexer = indexer
         self.roots = list(roots)
         self.on_written = on_written or (lambda keys: None)
@@ -79,7 +82,8 @@ class Scheduler:
         self.counters = Counters()
         self.queue_size = max(1, indexer.settings.daemon.queue_size)
         self.upkeep = upkeep or (lambda: None)
-        self.upkeep_interval = upkeep_interval
+        self.upkeep_interval = upkeep_interval  # seconds from the last cheap work to the passes
+        self.upkeep_due = upkeep_due or (lambda: False)  # whether they are due with no change
         self._upkeep_due: float | None = None  # monotonic time the library passes are due
         self.unavailable: dict[str, str] = {}  # stage -> why its model cannot run
         self.offline: dict[Path, str] = {}  # root -> why the watcher reported it offline
@@ -91,6 +95,7 @@ class Scheduler:
         self._later: deque[Key] = deque()
         self._later_set: set[tuple[Path, str]] = set()
         self._sweep: dict[Path, FolderStore] = {}  # folders that may hold orphaned files
+        self._folders: dict[Path, FolderStore] = {}  # every folder of the roots, as last reconciled
         self._writing = threading.Lock()  # held by the slow loop while it writes
 
     # -- the change sink (called from the watcher's thread: only record and wake) -----------
@@ -131,6 +136,8 @@ class Scheduler:
     def set_roots(self, roots: list[Path]) -> None:
         with self._lock:
             self.roots = list(roots)
+            self._folders = {p: f for p, f in self._folders.items()
+                             if any(_under(p, root) for root in self.roots)}
         for root in roots:
             self.rescan(root)
 
@@ -255,17 +262,60 @@ class Scheduler:
         self._note_sweep(built, plan)
         summary = Summary()
         keys = [(item.folder, item.name) for item in plan.work]
+        self._note_folders(built, plan)
+        changed = bool(plan.work or plan.written or plan.deleted)
         try:
             self.indexer.run_cheap(plan.work, summary)
             self.on_written(keys)
         finally:
-            if plan.work or plan.written or plan.deleted:
+            if changed:
                 self._upkeep_later()  # after the cheap work: the passes must see what it indexed
+        if not changed:
+            self._upkeep_if_due()
         self._queue_later(keys)
         self.counters.indexed += summary.indexed
         self.counters.failed += summary.failed + len(plan.unreadable)
         self.counters.moved += plan.moved
         self.counters.removed += plan.removed
+
+    def known_folders(self) -> list[FolderStore]:
+        """Every folder of the roots with files or records, as the reconciles last found them
+        (what a rescan of the roots would list: the time pass reads them all)."""
+        with self._lock:
+            return list(self._folders.values())
+
+    def _note_folders(self, scopes: list[Scope], plan: Plan) -> None:
+        """Folders the scopes no longer hold are dropped, those they listed are kept.
+
+        An offline root's scopes list nothing: its folders stay, as its records do.
+        """
+        found = {folder.folder: folder for folder in plan.folders}
+        online = [s for s in scopes if s.root not in plan.offline_roots]
+        trees = {s.path for s in online if s.recursive}
+        flat = {s.path for s in online if not s.recursive}
+        with self._lock:
+            gone = {path for path in flat if path not in found}
+            if trees:  # a walk of a whole tree: compared folder by folder
+                gone.update(path for path in self._folders if path not in found
+                            and (path in trees or not trees.isdisjoint(path.parents)))
+            for path in gone:
+                self._folders.pop(path, None)
+            self._folders.update(found)
+
+    def _upkeep_if_due(self) -> None:
+        """Nothing changed: the passes are due only if what they read changed since they
+        last ran (they never ran for it, or were cut short)."""
+        with self._lock:
+            if self._upkeep_due is not None:
+                return
+        try:
+            due = self.upkeep_due()
+        except Exception:  # running them is the safe answer (they report their own errors)
+            log.exception("cannot tell whether the library-wide passes are due")
+            due = True
+        if due:
+            log.info("the library-wide passes are due: what they read changed since they last ran")
+            self._upkeep_later()
 
     def _held(self, scopes: list[Scope], plan: Plan) -> dict[Path, dict[Path, list[str]]]:
         """Per tree scope (folder events, rescans), what the view held below it before."""

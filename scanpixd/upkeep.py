@@ -3,7 +3,10 @@
 Per-file stages cannot do these: a photo without GPS borrows its time zone from a
 geotagged neighbour shot by the same camera, and a folder's portable ANN index covers
 every file in it.  The one-shot indexer runs them after its tiers (:func:`finish_passes`);
-the daemon runs the time pass after changes settle.
+the daemon runs the time pass after changes settle (:func:`run_times`), and again whenever
+:func:`times_due` finds what it reads changed since it last found nothing to do (a stop or
+a crash before the pass was done leaves no note of the records as they are, so the next
+start does it).
 
 A rescan of an unchanged library must not redo them (at 100k files they cost several times
 the rescan itself), so :func:`finish_passes` keeps a note of what each pass last found
@@ -192,6 +195,49 @@ def _times(folders: list[FolderStore], roots: list[Path], settings: Settings, no
         notes.note_times(_times_signature(folders, roots, settings))
 
 
+# -- the daemon's time pass: the same note, so a restart knows whether it is still due -------
+EntriesFn = Callable[[], Iterable[tuple[FolderStore, str, Record]]]
+
+
+def times_due(folders: list[FolderStore], roots: list[Path], settings: Settings) -> bool:
+    """Whether the time pass may find something: what it reads changed since it last found
+    nothing to change (a pass cut short by a stop or a crash never noted that)."""
+    present = _listed(folders)
+    notes = _Notes.load(settings.cache_dir, roots)
+    return not notes.keep_times(_times_signature(present, roots, settings))
+
+
+def run_times(folders: list[FolderStore], entries: EntriesFn, roots: list[Path],
+              settings: Settings) -> list[Key]:
+    """The time pass over ``entries`` (every item of ``folders``, as the daemon holds them);
+    returns the records it wrote.  Noted as :func:`finish_passes` notes it, where the pass
+    found nothing to change."""
+    present = _listed(folders)
+    signature = _times_signature(present, roots, settings)  # taken first, as in _times
+    notes = _Notes.load(settings.cache_dir, roots)
+    if notes.keep_times(signature):
+        return []
+    changed, where = _time_changes(entries(), roots, settings)
+    if changed:
+        return _write_times(changed, where)
+    notes.note_times(signature)
+    notes.save(keep_folders=True)
+    return []
+
+
+def _listed(folders: list[FolderStore]) -> list[FolderStore]:
+    """The folders that exist, each with a listing token where one can be known.
+
+    A folder written since it was listed has none; listing it again (from its cache, as a
+    rescan does) gives one, unless it was written within the racy window.
+    """
+    present = [folder for folder in folders if folder.exists()]
+    for folder in present:
+        if folder.listing_token() is None:
+            folder.records(full=False)
+    return present
+
+
 def _times_signature(folders: list[FolderStore], roots: list[Path], settings: Settings
                      ) -> list[Any] | None:
     tokens = sorted((_folder_key(f.folder), f.listing_token()) for f in folders)
@@ -288,7 +334,11 @@ class _Notes:
     def note_times(self, signature: list[Any] | None) -> None:
         self._times = _digest("times", signature)
 
-    def save(self) -> None:
+    def save(self, keep_folders: bool = False) -> None:
+        """Write the note; ``keep_folders``: the run looked at times alone, so the previous
+        run's folder notes stay as they were."""
+        if keep_folders:
+            self._folders = {**self._old_folders, **self._folders}
         if self._folders == self._old_folders and self._times == self._old_times:
             return
         data = {"format": NOTES_FORMAT, "times": self._times, "folders": self._folders}

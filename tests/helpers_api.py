@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from PIL import Image
 
+from tests.helpers_daemon import UPKEEP_DELAY
 from tests.helpers_index import make_photo
 
 START_TIMEOUT = 60.0
@@ -130,7 +131,8 @@ def write_daemon_config(path: Path, roots: Sequence[Path], sock: Path, extra: st
     root_list = ", ".join(f'"{r}"' for r in roots)
     clip_table = clip or "[clip]\nenabled = false\n"
     path.write_text(f'roots = [{root_list}]\njobs = 2\n{extra}\n[daemon]\nsocket = "{sock}"\n'
-                    f"debounce = 0.2\n{clip_table}\n[faces]\nenabled = false\n", encoding="utf-8")
+                    f"debounce = 0.2\nupkeep_delay = {UPKEEP_DELAY}\n{clip_table}\n"
+                    "[faces]\nenabled = false\n", encoding="utf-8")
     return path
 
 

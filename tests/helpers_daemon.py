@@ -50,12 +50,18 @@ def wait_for(check: Callable[[], T | None], timeout: float = 20.0, interval: flo
         time.sleep(interval)
 
 
+# Seconds from a change's cheap work to the time pass: short, so that waiting for an idle
+# daemon does not wait out the default 5 s after every change.
+UPKEEP_DELAY = 0.2
+
+
 def config_text(roots: Iterable[Path], socket_path: Path, cache_dir: Path, *, debounce: float = 0.2,
-                extra: str = "", jobs: int = 2) -> str:
+                extra: str = "", jobs: int = 2, upkeep_delay: float = UPKEEP_DELAY) -> str:
     """A daemon configuration with the model stages off (they need weights this machine lacks)."""
     listed = ", ".join(f'"{r}"' for r in roots)
     return (f"roots = [{listed}]\njobs = {jobs}\ncache_dir = \"{cache_dir}\"\n{extra}\n"
             f"[daemon]\nsocket = \"{socket_path}\"\ndebounce = {debounce}\n"
+            f"upkeep_delay = {upkeep_delay}\n"
             "[clip]\nenabled = false\n[faces]\nenabled = false\n")
 
 
@@ -67,7 +73,7 @@ class DaemonProcess:
     """
 
     def __init__(self, base: Path, roots: Iterable[Path], *, debounce: float = 0.2, extra: str = "",
-                 jobs: int = 2):
+                 jobs: int = 2, upkeep_delay: float = UPKEEP_DELAY):
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.runtime = base / "runtime"
@@ -76,7 +82,7 @@ class DaemonProcess:
         self.cache = base / "cache"
         self.config = base / "config.toml"
         self.log_path = base / "daemon.log"
-        self.debounce, self.jobs = debounce, jobs
+        self.debounce, self.jobs, self.upkeep_delay = debounce, jobs, upkeep_delay
         self.proc: subprocess.Popen[bytes] | None = None
         self._loaded: Settings | None = None
         self.write_config(roots, extra)
@@ -84,7 +90,8 @@ class DaemonProcess:
     # -- configuration -------------------------------------------------------------------
     def write_config(self, roots: Iterable[Path], extra: str = "") -> None:
         self.config.write_text(config_text(roots, self.socket, self.cache, debounce=self.debounce,
-                                           extra=extra, jobs=self.jobs))
+                                           extra=extra, jobs=self.jobs,
+                                           upkeep_delay=self.upkeep_delay))
         self._loaded = None
 
     def settings(self) -> Settings:
