@@ -206,7 +206,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         library = base / "library"
-        daemon = DaemonProcess(base / "daemon", [library], debounce=DEBOUNCE)
+        daemon = DaemonProcess(base / "daemon", [library], debounce=DEBOUNCE,
+                               upkeep_delay=5.0)  # the shipped default, not the tests'
         settings = daemon.settings()
         synth.generate(library, synth.Spec(count=LIBRARY, workers=4), settings)
         bench_start(daemon, base)
