@@ -30,7 +30,6 @@ from scanpixd.query.parser import parse
 from scanpixd.query.tree import DateFilter, NearFilter, Query, SimilarTerm, item_date, item_position
 from scanpixd.record import Record
 from scanpixd.store import FolderStore, Store
-from scanpixd.upkeep import update_times
 
 if TYPE_CHECKING:
     from scanpixd.scheduler import Scheduler
@@ -125,13 +124,6 @@ class LibraryService:
             if self._people is not None:
                 self._people.forget(folder.folder, name)
 
-    def upkeep(self) -> None:
-        """Library-wide passes after changes settle (time inference across neighbours)."""
-        entries = [(i.folder, i.name, i.record) for i in self.library.items()]
-        written = update_times(entries, self.roots, self.settings)
-        if written:
-            self.records_written(written)
-
     # -- queries ----------------------------------------------------------------------------
     def search(self, text: str, limit: int) -> dict[str, Any]:
         query = parse(text)
@@ -171,7 +163,7 @@ class LibraryService:
         out = result.to_dict()
         out["taken"] = _taken(record)
         out["kind"] = (record.get("media") or {}).get("kind")
-        thumb = _smallest_thumb(result.item)
+        thumb = _smallest_thumb(result.item, record)
         if thumb is not None:
             out["thumb"] = thumb
         return out
@@ -314,9 +306,10 @@ class LibraryService:
         raise PermissionError(f"{path} is outside the library's roots")
 
 
-def _smallest_thumb(item: Item) -> str | None:
-    """The smallest thumbnail of a library item, for lists that show one picture each."""
-    thumbs = item.record.get("thumbs") or {}
+def _smallest_thumb(item: Item, record: Record | None = None) -> str | None:
+    """The smallest thumbnail of a library item, for lists that show one picture each
+    (``record``: the item's record, when the caller has decoded it already)."""
+    thumbs = (item.record if record is None else record).get("thumbs") or {}
     if not thumbs:
         return None
     try:
