@@ -185,6 +185,7 @@ class Library:
         self._signatures: list[str | None] = []  # per folder; None: not vouched for
         self._by_path: dict[tuple[int, str], int] = {}
         self._live = 0
+        self._expected_rows = 0  # vectors a load still expects from records (room made once)
         self._edits = 0  # changes since the snapshot was written
         self._snapshot: snapshot.Snapshot | None = None  # keeps the mapped record bytes alive
         self._graph_as_saved = False  # the graph is the saved one, every label current
@@ -228,7 +229,8 @@ class Library:
         signed = _signed_folders(snap)
         with ThreadPoolExecutor(max_workers=max(2, min(4, self.settings.jobs))) as pool, \
                 self.lock:
-            signatures = list(pool.map(lambda rf: folder_signature(rf[1]), folders))
+            signed_sizes = list(pool.map(lambda rf: _signature_and_size(rf[1]), folders))
+            signatures = [signature for signature, _ in signed_sizes]
             reuse = [(root, folder, signed[folder.folder], sig)
                      for (root, folder), sig in zip(folders, signatures, strict=True)
                      if sig is not None and signed.get(folder.folder, (None, ""))[1] == sig]
@@ -237,6 +239,9 @@ class Library:
                         if folder.folder not in reused]
             self.roots, self.offline_roots = roots, offline
             self._reset()
+            self._expected_rows = sum(size for (_, folder), (_, size)
+                                      in zip(folders, signed_sizes, strict=True)
+                                      if folder.folder not in reused)
             self._loading = True
             vector_rows = _NO_ROWS
             read = 0
@@ -251,10 +256,10 @@ class Library:
                 self._loading = False
             self._dirty.update(folder.folder for _, folder, _ in unsigned)
             self._edits = len(unsigned)
+            build = False
             if self.vectors is not None and model_id is not None:
                 self.vectors.ann_min = self.settings.clip.ann_min
-                if not self._attach_saved_graph(snap, vector_rows):
-                    self.vectors.ensure_graph()
+                build = not self._attach_saved_graph(snap, vector_rows)
             if not unsigned and self.vectors is not None:
                 self._saved_changes = self.vectors.changes  # as the snapshot has it
         self.last_load = {"items": self._live, "from_records": read,
@@ -266,6 +271,8 @@ class Library:
                  len(self.vectors) if self.vectors is not None else 0, len(folders))
         if unsigned and (snap is None or read > SNAPSHOT_SAVE_SHARE * max(1, self._live)):
             self.save_snapshot()
+        if build and self.vectors is not None:  # after the save: on two cores they would compete
+            self.vectors.ensure_graph()
         self.release_pages()
         heap.trim()
 
@@ -287,10 +294,46 @@ class Library:
                     stack.append((Path(entry.path), f"{rel}/{entry.name}" if rel else entry.name))
 
     def _add_folder(self, loaded: _Loaded, model_id: str | None) -> None:
+        """A folder's records, in name order, as :meth:`_append` adds them one by one, but
+        each step done for the whole folder at once (a load adds 100k of them)."""
         folder_id = self._folder_index(loaded.folder, loaded.root, loaded.signature)
-        records = loaded.records
-        for name in sorted(records):
-            self._append(folder_id, name, records[name], model_id)
+        names = sorted(loaded.records)
+        records = [loaded.records[name] for name in names]
+        first = self._columns.append_many(records, folder_id)
+        self._names.extend(names)
+        self._blobs.extend([orjson.dumps(lean(record)) for record in records])
+        self._vkeys.extend([_vector_key(record) for record in records])
+        self._by_path.update(zip(((folder_id, name) for name in names),
+                                 range(first, first + len(names)), strict=True))
+        self._live += len(names)
+        if model_id:
+            self._add_vectors(first, records, model_id)
+
+    def _add_vectors(self, first: int, records: list[Record], model_id: str) -> None:
+        """The vectors of ``records`` (items ``first``, ``first + 1``, ...), decoded and added
+        as one block when they share the set's width; else one record at a time, as
+        :meth:`_append` does (a width that replaces the set)."""
+        block = ann.record_block(records, model_id)
+        vectors = self.vectors
+        if block is None or (block.vectors.size and vectors is not None
+                             and (vectors.dim != block.dim or vectors.in_graph_only)):
+            for i, record in enumerate(records):
+                self._add_vectors_of(first + i, record, model_id)
+            return
+        if not block.vectors.size:
+            return
+        owners = np.repeat(np.arange(first, first + len(records)), block.counts)
+        vector_set = self._vector_set(block.dim)
+        if self._expected_rows:  # grown once, not doubled (and copied) a dozen times
+            # a record per file, some with a few frames more; rows never used cost nothing
+            # (their pages are never touched)
+            vector_set.reserve(self._expected_rows + self._expected_rows // 4)
+            self._expected_rows = 0
+        rows = vector_set.add_block(block.vectors, owners, block.times)
+        has = np.flatnonzero(block.counts)
+        offsets = np.concatenate([[0], np.cumsum(block.counts[has])[:-1]]).astype(np.int64)
+        self._columns.arrays["row_start"][first + has] = rows[offsets]
+        self._columns.arrays["row_count"][first + has] = block.counts[has]
 
     def _folder_index(self, folder: FolderStore, root: Path, signature: str | None = None) -> int:
         found = self._folder_id.get(folder.folder)
@@ -309,13 +352,17 @@ class Library:
         self._vkeys.append(_vector_key(record))
         self._by_path[(folder_id, name)] = item_id
         self._live += 1
-        found = ann.record_vectors(record, model_id) if model_id else []
+        if model_id:
+            self._add_vectors_of(item_id, record, model_id)
+        return item_id
+
+    def _add_vectors_of(self, item_id: int, record: Record, model_id: str) -> None:
+        found = ann.record_vectors(record, model_id)
         if found:
             vectors = np.stack([v for _, _, v in found])
             rows = self._vector_set(vectors.shape[1]).add(vectors, item_id, [t for _, t, _ in found])
             self._columns.arrays["row_start"][item_id] = rows[0]
             self._columns.arrays["row_count"][item_id] = rows.size
-        return item_id
 
     def _vector_set(self, dim: int) -> ann.VectorSet:
         if self.vectors is None or self.vectors.dim != dim:
@@ -510,12 +557,9 @@ class Library:
         snap = snapshot.read(path)
         if snap is None:
             return
-        blobs, ends = snap.bytes_view("blobs"), snap.array("blob_ends")
-        start = 0
-        for position, item_id in enumerate(order.tolist()):
-            end = int(ends[position])
+        blobs, ends = snap.bytes_view("blobs"), snap.array("blob_ends").tolist()
+        for item_id, start, end in zip(order.tolist(), [0, *ends][:-1], ends, strict=True):
             self._blobs[item_id] = blobs[start:end]
-            start = end
         self._snapshot = snap
 
     # -- the saved graph ------------------------------------------------------------
@@ -621,18 +665,34 @@ def _read_folders(pool: ThreadPoolExecutor, folders: list[tuple[Path, FolderStor
 def folder_signature(folder: FolderStore) -> str | None:
     """A digest of every record file's name, size, mtime, ctime and inode; None when a file
     changed too recently to tell versions apart, or the folder has sync conflicts."""
-    digest = hashlib.blake2b(digest_size=16)
-    settled = time.time_ns() - RACY_NS
+    return _signature_and_size(folder)[0]
+
+
+def _signature_and_size(folder: FolderStore) -> tuple[str | None, int]:
+    """:func:`folder_signature`, and how many record files the folder has (a load that
+    reads them makes room for as many vectors at once)."""
+    listed: list[tuple[Path, list[os.DirEntry[str]] | None]] = []
     for base in folder.read_dirs:
         directory = base / "records"
         try:
             with os.scandir(directory) as it:
-                entries = sorted((e for e in it if e.name.endswith(".json")), key=lambda e: e.name)
+                listed.append((directory, sorted((e for e in it if e.name.endswith(".json")),
+                                                 key=lambda e: e.name)))
         except (FileNotFoundError, NotADirectoryError):
+            listed.append((directory, None))
+        except OSError:
+            return None, 0
+    size = sum(len(entries) for _, entries in listed if entries is not None)
+    return _signature(listed), size
+
+
+def _signature(listed: list[tuple[Path, list[os.DirEntry[str]] | None]]) -> str | None:
+    digest = hashlib.blake2b(digest_size=16)
+    settled = time.time_ns() - RACY_NS
+    for directory, entries in listed:
+        if entries is None:
             digest.update(b"\x01")
             continue
-        except OSError:
-            return None
         digest.update(os.fsencode(directory) + b"\x00")
         for entry in entries:
             if atomic.is_temp_name(entry.name):
@@ -737,7 +797,7 @@ class _SnapshotRows:
 
 
 def _write_graph(library: Library, path: Path, rows: np.ndarray, meta: dict[str, Any],
-                 arrays: dict[str, np.ndarray]) -> None:
+                 arrays: dict[str, np.ndarray | snapshot.Pieces]) -> None:
     """The graph beside the snapshot, its labels mapped to the snapshot's vector order."""
     assert library.vectors is not None
     exported = library.vectors.export()
@@ -769,11 +829,12 @@ def _write_snapshot(library: Library, path: Path, model_id: str | None) -> np.nd
                     for f, s, n in zip(folders.tolist(), starts.tolist(), counts.tolist(), strict=True)],
         "with": [],
     }
-    arrays: dict[str, np.ndarray] = {f"col.{name}": c.arrays[name][order] for name in COLUMNS}
+    arrays: dict[str, np.ndarray | snapshot.Pieces] = {
+        f"col.{name}": c.arrays[name][order] for name in COLUMNS}
     arrays["names"] = np.frombuffer(b"".join(names), dtype=np.uint8)
     arrays["name_ends"] = np.cumsum([len(n) for n in names], dtype=np.int64)
     arrays["blob_ends"] = np.cumsum([len(b) for b in blobs], dtype=np.int64)
-    arrays["blobs"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    arrays["blobs"] = snapshot.Pieces(blobs)
     arrays["vkeys"] = np.frombuffer(b"".join((library._vkeys[i] or _NO_KEY).ljust(8, b"\x00")[:8]
                                              for i in order.tolist()), dtype=np.uint8).reshape(-1, 8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -782,11 +843,8 @@ def _write_snapshot(library: Library, path: Path, model_id: str | None) -> np.nd
         counts_v = c.row_count[order].astype(np.int64)
         rows = library.rows_of(order)
         arrays["col.row_start"] = np.concatenate([[0], np.cumsum(counts_v)[:-1]]).astype(np.int64)
-        arrays["vectors"] = np.concatenate(
-            [vectors.vectors(rows[i:i + 8192]) for i in range(0, rows.size, 8192)]
-            or [np.zeros((0, vectors.dim), np.float32)])
-        arrays["vector_times"] = np.array([np.nan if (t := vectors.time(int(r))) is None else t
-                                           for r in rows.tolist()], dtype=np.float64)
+        arrays["vectors"] = vectors.gather(rows)
+        arrays["vector_times"] = vectors.times(rows)
         meta["with"], meta["dim"] = ["vectors"], vectors.dim
         _write_graph(library, path.with_suffix(".hnsw"), rows, meta, arrays)
     snapshot.write(path, meta, arrays)

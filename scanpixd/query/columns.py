@@ -62,6 +62,9 @@ COLUMNS: dict[str, tuple[str, Any]] = {
     "row_count": ("int32", 0),
 }
 
+# the columns a record's fields decide, in the order Columns._values gives them
+_RECORD_COLUMNS = ("failed", "faces", "kind", "day", "lat", "lon", "camera", "place", "capture")
+
 
 class Interner(Generic[T]):
     """Distinct values and their ids (ids are positions, stable for the table's life)."""
@@ -124,21 +127,43 @@ class Columns:
         self.set(row, record, folder)
         return row
 
+    def append_many(self, records: list[dict[str, Any]], folder: int) -> int:
+        """Rows for ``records`` (alive), as :meth:`append` makes them one by one, each column
+        filled at once; returns the first id."""
+        first = self.size
+        self.reserve(len(records))
+        self.size += len(records)
+        if not records:
+            return first
+        values = list(zip(*(self._values(r) for r in records), strict=True))
+        rows = slice(first, self.size)
+        a = self.arrays
+        a["alive"][rows] = True
+        a["folder"][rows] = folder
+        for name, column in zip(_RECORD_COLUMNS, values, strict=True):
+            a[name][rows] = column
+        return first
+
     def set(self, row: int, record: dict[str, Any], folder: int) -> None:
         a = self.arrays
         a["alive"][row] = True
-        a["failed"][row] = record.get("status") == "failed"
-        faces = record.get("faces")
-        a["faces"][row] = isinstance(faces, list) and bool(faces) or bool(record.get("people"))
         a["folder"][row] = folder
-        a["kind"][row] = _KINDS.get(_dig(record, "media", "kind"), KIND_OTHER)
+        for name, value in zip(_RECORD_COLUMNS, self._values(record), strict=True):
+            a[name][row] = value
+
+    def _values(self, record: dict[str, Any]) -> tuple[Any, ...]:
+        """The record's value in each of :data:`_RECORD_COLUMNS`."""
+        faces = record.get("faces")
         day = item_date(record)
-        a["day"][row] = day.toordinal() if day is not None else 0
-        position = item_position(record)
-        a["lat"][row], a["lon"][row] = position if position is not None else (np.nan, np.nan)
-        a["camera"][row] = self.cameras.id(camera_of(record))
-        a["place"][row] = self.places.id(place_of(record)) if "place" in record else NO_PLACE
-        a["capture"][row] = capture_key(record)
+        lat, lon = item_position(record) or (np.nan, np.nan)
+        return (record.get("status") == "failed",
+                isinstance(faces, list) and bool(faces) or bool(record.get("people")),
+                _KINDS.get(_dig(record, "media", "kind"), KIND_OTHER),
+                day.toordinal() if day is not None else 0,
+                lat, lon,
+                self.cameras.id(camera_of(record)),
+                self.places.id(place_of(record)) if "place" in record else NO_PLACE,
+                capture_key(record))
 
     def kill(self, row: int) -> None:
         self.arrays["alive"][row] = False

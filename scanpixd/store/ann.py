@@ -180,13 +180,73 @@ def collect(records: dict[str, Record], model_id: str, dim: int | None
                 time = entry.get("time")
                 labels.append(Label(name, i, float(time) if isinstance(time, int | float) else None))
                 chunks.append(raw)
-    matrix = np.frombuffer(b"".join(chunks), dtype="<f2").astype(np.float32).reshape(-1, dim)
-    norms = np.sqrt(np.array([row.dot(row) for row in matrix], dtype=np.float32))  # as norm() does
-    good = np.isfinite(norms) & (norms != 0.0)
+    matrix, good = unit_rows(b"".join(chunks), dim)
     if not good.all():
         labels = [label for label, ok in zip(labels, good.tolist(), strict=True) if ok]
+    return labels, matrix
+
+
+def unit_rows(raw: bytes, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float16 rows in ``raw`` as float32 unit rows, keeping only those that can be
+    normalised (finite, non-zero), and which ones those were.
+
+    Each row gets the same float32 values :func:`_entry_vector` gives it alone: its norm
+    is its own dot product (``matmul`` of a row by a column is the dot ``np.linalg.norm``
+    takes), not a sum that would add in another order.  One pass for a whole folder: a
+    loop of small numpy calls per vector would let go of the GIL, and wait to get it
+    back, hundreds of times.
+    """
+    matrix = np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(-1, dim)
+    with np.errstate(all="ignore"):  # an infinite or NaN row is dropped, not warned about
+        norms = np.sqrt(np.matmul(matrix[:, None, :], matrix[:, :, None]).reshape(-1))
+    good = np.isfinite(norms) & (norms != 0.0)
+    if not good.all():
         matrix, norms = matrix[good], norms[good]
-    return labels, matrix / norms[:, None]
+    return matrix / norms[:, None], good
+
+
+@dataclass
+class Block:
+    """:func:`record_vectors` of consecutive records, decoded together."""
+
+    dim: int  # 0 when no record has vectors of the model
+    counts: np.ndarray  # vectors per record (int64)
+    times: np.ndarray  # per vector, NaN for none (float64)
+    vectors: np.ndarray  # (counts.sum(), dim) float32 unit rows, record after record
+
+
+def record_block(records: list[Record], model_id: str) -> Block | None:
+    """What :func:`record_vectors` gives each of ``records`` (same vectors, times, order,
+    same entries skipped), decoded in one pass; None when the records with vectors do not
+    all declare one width (then each is decoded on its own)."""
+    dim = 0
+    owners: list[int] = []
+    times: list[float] = []
+    chunks: list[bytes] = []
+    for i, record in enumerate(records):
+        clip = record.get("clip")
+        if not isinstance(clip, dict) or clip.get("model") != model_id:
+            continue
+        entries = clip.get("vectors")
+        if not isinstance(entries, list) or not entries:
+            continue
+        declared = clip.get("dim")
+        if type(declared) is not int or declared <= 0 or declared != (dim or declared):
+            return None
+        dim = declared
+        for entry in entries:
+            raw = _entry_bytes(entry, dim)
+            if raw is not None:
+                time = entry.get("time")
+                owners.append(i)
+                times.append(float(time) if isinstance(time, int | float) else np.nan)
+                chunks.append(raw)
+    if not chunks:
+        return Block(dim, np.zeros(len(records), np.int64), np.zeros(0), np.zeros((0, dim), np.float32))
+    vectors, good = unit_rows(b"".join(chunks), dim)
+    kept = np.asarray(owners, dtype=np.int64)[good]
+    return Block(dim, np.bincount(kept, minlength=len(records)).astype(np.int64),
+                 np.asarray(times, dtype=np.float64)[good], vectors)
 
 
 def _entry_bytes(entry: Any, dim: int) -> bytes | None:
@@ -497,7 +557,9 @@ class VectorSet:
         with self._lock:
             if self._matrix is None:
                 raise RuntimeError("a block is added before the graph is built")
-            if self._size == 0:  # the first block is taken as it is (a mapped file: no copy)
+            if self._size == 0 and count > self._owner.shape[0]:
+                # a first block larger than the room made is taken as it is (a mapped file:
+                # no copy)
                 self._matrix = vectors
                 self._reset_rows(count)
             else:
@@ -548,6 +610,28 @@ class VectorSet:
     def time(self, row: int) -> float | None:
         value = float(self._time[row])
         return None if np.isnan(value) else value
+
+    def times(self, rows: np.ndarray) -> np.ndarray:
+        """The times of ``rows`` (NaN: none), in one array."""
+        with self._lock:
+            return self._time[np.asarray(rows, dtype=np.int64)]
+
+    def gather(self, rows: np.ndarray, block: int = 8192) -> np.ndarray:
+        """The vectors of live ``rows`` in one array, for saving.  Rows one run of the matrix
+        come as a view of it (no copy of a whole library's vectors: a row's vector is never
+        rewritten), others are copied, from the graph a block at a time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            matrix = self._matrix
+            if matrix is not None and rows.size and int(rows[-1]) - int(rows[0]) == rows.size - 1 \
+                    and bool((np.diff(rows) == 1).all()):
+                return matrix[int(rows[0]): int(rows[-1]) + 1]
+            if matrix is not None:
+                return matrix[rows]
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        for i in range(0, rows.size, block):
+            out[i: i + block] = self.vectors(rows[i: i + block])
+        return out
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of live ``rows`` (a copy once the graph holds them)."""

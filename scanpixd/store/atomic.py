@@ -24,6 +24,9 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
 
 
+_READ_CHUNK = 1 << 16  # below malloc's mmap threshold: a buffer per read stays cheap
+
+
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
@@ -61,12 +64,23 @@ def write_json(target: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any | None:
-    """The JSON value in ``path``, or ``None`` when it is missing, truncated or invalid."""
+    """The JSON value in ``path``, or ``None`` when it is missing, truncated or invalid.
+
+    Read with plain system calls, no file objects: a first load on a new machine reads
+    every record of a library through here."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         return None
     try:
-        return orjson.loads(data)
+        chunks = []
+        while chunk := os.read(fd, _READ_CHUNK):
+            chunks.append(chunk)
+    except IsADirectoryError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return orjson.loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     except orjson.JSONDecodeError:
         return None

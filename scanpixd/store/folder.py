@@ -82,10 +82,11 @@ class FolderStore:
         """
         if not _plain_name(file_name):
             raise ValueError(f"not an asset name: {file_name[:80]!r}")
-        for base in self.read_dirs:
-            candidate = base / kind / file_name
-            if candidate.exists():
-                return candidate
+        if self.read_dirs != [self.data_dir]:  # one place to look needs no stat (search results)
+            for base in self.read_dirs:
+                candidate = base / kind / file_name
+                if candidate.exists():
+                    return candidate
         return self._sub(kind) / file_name
 
     def index_dir(self) -> Path:

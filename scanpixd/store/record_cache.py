@@ -198,6 +198,9 @@ def _save_if_changed(cache: Path, fresh: dict[str, Entry], stored: str | None, v
         data = {"format": CACHE_FORMAT, "record_format": RECORD_FORMAT, "view": VIEW_VERSIONS[view],
                 "token": kept, "entries": keep}
         with contextlib.suppress(OSError):
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(cache, orjson.dumps(data), durable=False)
+            try:
+                atomic.write_bytes(cache, orjson.dumps(data), durable=False)
+            except FileNotFoundError:  # the first cache in its directory (not a call per write)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_bytes(cache, orjson.dumps(data), durable=False)
     return kept if len(keep) == len(fresh) else None
