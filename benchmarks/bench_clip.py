@@ -11,11 +11,13 @@ times (this process, or the child that measured) are printed beside wall times.
   ``OMP_WAIT_POLICY=PASSIVE`` (what :mod:`scanpixd.models.clip` sets before torch loads);
 - ``variants``: ways to run the image tower on real photos (channels_last, TorchScript
   trace + freeze, int8 dynamic quantization, ONNX Runtime fp32 and int8 when it is installed,
-  bf16 autocast and ``torch.compile`` on request), timed in interleaved rounds against fp32
-  eager with ``--workers`` threads at once, with their cosine to eager;
+  the numpy tower over the mapped weights and over transposed copies, bf16 autocast and
+  ``torch.compile`` on request), timed in interleaved rounds against fp32 eager with
+  ``--workers`` threads at once, with their cosine to eager;
 - ``load``: in fresh processes, open_clip's whole-model load against the separate towers
   (time to the first text vector, VmRSS / RssAnon / RssFile / peak), then the image tower
-  loaded, used and released.
+  loaded, used and released: through torch on a machine that has not checked the model yet,
+  then in numpy once it has (no torch imported).
 
 Run: ``python -m benchmarks.bench_clip [--parts throughput,load] [--images 32] [--batch 16]
 [--threads 0] [--checkpoint PATH] [--compile] [--variants eager,int8,ort] [--workers 2]
@@ -38,8 +40,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread, as the daemon runs numpy
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 CHECKPOINT = Path("/tmp/scale/models/vit-b-32-random.pt")
@@ -173,7 +177,7 @@ def threads(args: argparse.Namespace) -> None:
         print(f"  {name:>28}: {shown}")
 
 
-VARIANTS = ("eager", "channels_last", "jit", "int8", "ort", "ort-int8")
+VARIANTS = ("eager", "channels_last", "jit", "int8", "ort", "ort-int8", "numpy")
 
 
 def variants(args: argparse.Namespace) -> None:
@@ -247,7 +251,32 @@ def _variant(name: str, visual: Any, pixels: Any, threads: int, tmp: Path
         return run(torch.compile(visual, dynamic=False))
     if name in ("ort", "ort-int8"):
         return _onnx_runtime(visual, tmp, threads, quantized=name == "ort-int8")
-    raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)}, bf16, compile)")
+    if name in ("numpy", "numpy-copy"):
+        return _numpy_tower(visual, tmp, name.partition("-")[2])
+    raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)}, numpy-copy, "
+                     "bf16, compile)")
+
+
+def _numpy_tower(visual: Any, tmp: Path, layout: str) -> Callable[[Any], np.ndarray]:
+    """scanpixd's numpy tower over the tower's weights saved as a checkpoint, as the daemon
+    runs it (the weights used where they lie in the map); ``copy``: every matrix transposed
+    into an array of its own (in, out), as the text tower keeps them."""
+    import torch
+
+    from scanpixd.models.image_tower import ImageTower, plain_config
+
+    path = tmp / "visual.pt"
+    if not path.is_file():
+        torch.save({f"visual.{k}": v for k, v in visual.state_dict().items()}, path)
+    config = plain_config(visual)
+    if config is None:
+        raise ValueError("not a plain ViT")
+    tower = ImageTower.from_checkpoint(config, path)
+    for block in tower.blocks if layout == "copy" else ():
+        for name in ("qkv", "query", "keys_values", "out", "fc", "proj"):
+            weight, bias = getattr(block, name)
+            setattr(block, name, (np.ascontiguousarray(weight), bias))
+    return lambda x: tower(x.numpy())
 
 
 def _onnx_runtime(visual: Any, tmp: Path, threads: int, quantized: bool
@@ -333,7 +362,8 @@ def cpu():
 def mark(name):
     marks[name] = dict(memory(), wall=round(time.perf_counter() - t0, 2), cpu=round(cpu() - c0, 2))
 c0 = cpu()
-import torch, open_clip
+if {whole}:
+    import torch, open_clip
 from scanpixd.config import ClipSettings
 from scanpixd.models.clip import ClipModel, encode_text_trimmed
 images = working_images({batch})
@@ -356,6 +386,8 @@ else:
     mark("first text")
     clip.embed_images(images)
     mark("images embedded")
+    marks["runtime"] = dict(text=clip.text_runtime, image=clip.image_runtime,
+                            torch="torch" in sys.modules)
     clip._images.unload()
     mark("image tower released")
 print(json.dumps(marks))
@@ -375,21 +407,30 @@ def load(args: argparse.Namespace) -> None:
           "times from ClipModel() (after imports), memory in MB")
     try:
         for run in range(2):
-            for whole in (True, False):
-                code = _LOAD_CHILD.format(root=root, batch=args.batch, whole=whole,
-                                          checkpoint=str(checkpoint))
-                done = subprocess.run([sys.executable, "-c", code], text=True,
-                                      capture_output=True, check=True)
-                marks = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"  {'whole model' if whole else 'towers'} (run {run + 1}):")
-                for name, m in marks.items():
-                    print(f"    {name:>21}: {m.get('wall', 0):6.2f} s, {m.get('cpu', 0):5.2f} s CPU"
-                          f" | VmRSS {m['VmRSS']:5d} RssAnon {m['RssAnon']:5d} "
-                          f"RssFile {m['RssFile']:5d} peak {m['VmHWM']:5d}")
+            # the towers twice, with a cache of their own: the first load goes through torch
+            # and checks the numpy towers, the second runs them
+            with tempfile.TemporaryDirectory(prefix="bench-clip-cache-") as cache:
+                for whole, label in ((True, "whole model"), (False, "towers, first load"),
+                                     (False, "towers, checked")):
+                    code = _LOAD_CHILD.format(root=root, batch=args.batch, whole=whole,
+                                              checkpoint=str(checkpoint))
+                    done = subprocess.run([sys.executable, "-c", code], text=True,
+                                          capture_output=True, check=True,
+                                          env=dict(os.environ, XDG_CACHE_HOME=cache))
+                    marks = json.loads(done.stdout.strip().splitlines()[-1])
+                    print(f"  {label} (run {run + 1}): {marks.pop('runtime', '')}")
+                    _print_marks(marks)
     finally:
         if made is not None:
             made.unlink()
             made.parent.rmdir()
+
+
+def _print_marks(marks: dict[str, dict[str, Any]]) -> None:
+    for name, m in marks.items():
+        print(f"    {name:>21}: {m.get('wall', 0):6.2f} s, {m.get('cpu', 0):5.2f} s CPU"
+              f" | VmRSS {m['VmRSS']:5d} RssAnon {m['RssAnon']:5d} "
+              f"RssFile {m['RssFile']:5d} peak {m['VmHWM']:5d}")
 
 
 def main() -> None:

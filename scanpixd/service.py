@@ -277,7 +277,8 @@ class LibraryService:
             "roots": {str(r): {"online": r not in self.library.offline_roots} for r in self.roots},
             "models": {"clip": {"enabled": self.settings.clip.enabled, "state": clip.state,
                                 "text_tower": clip.text_runtime,
-                                "image_tower": clip.image_state, "error": clip.error}},
+                                "image_tower": clip.image_runtime,
+                                "image_state": clip.image_state, "error": clip.error}},
         }
         if self._watcher is not None:
             for root, info in self._watcher.status().get("roots", {}).items():

@@ -15,9 +15,9 @@ daemon serving queries needs); the image tower loads on the first
 without images.  Both are built on torch's meta device (no random initialisation) and take
 their weights straight from a memory map of the checkpoint, each from its own map: pages a
 tower never reads (most of the token embedding) are never resident, and releasing the image
-tower unmaps its pages at once instead of leaving freed heap behind.  A text tower checked
-against open_clip once on this machine is run in numpy on later loads, without torch
-(:mod:`scanpixd.models.text_tower`).
+tower unmaps its pages at once instead of leaving freed heap behind.  A text or image tower
+checked against open_clip once on this machine is run in numpy on later loads, without torch
+(:mod:`scanpixd.models.text_tower`, :mod:`scanpixd.models.image_tower`).
 
 Without weights (no network, no cached download, a missing file) the model is
 ``unavailable`` with the reason, quickly: the cache is looked up offline first and the hub
@@ -50,6 +50,8 @@ from scanpixd import heap
 from scanpixd.config import ClipSettings, default_cache_dir
 from scanpixd.errors import ModelUnavailable
 from scanpixd.models.base import LazyModel
+from scanpixd.models.image_tower import ImageNote, ImageTower, PreprocessConfig
+from scanpixd.models.image_tower import parity_config as image_parity_config
 from scanpixd.models.text_tower import TextNote, TextTower, parity_config
 from scanpixd.store import atomic
 
@@ -99,20 +101,44 @@ class _Loaded:
 
 
 class _ImageTower(LazyModel):
-    """The image tower alone, loaded when images come and released when they stop."""
+    """The image tower alone, loaded when images come and released when they stop: the
+    numpy tower when a note says it was checked on this machine, else open_clip's."""
 
     label = "CLIP image"
 
-    def __init__(self, idle_unload: float, resolve: Callable[[], _Spec]):
+    def __init__(self, idle_unload: float, resolve: Callable[[], _Spec],
+                 note: Callable[[], ImageNote | None] = lambda: None,
+                 check: Callable[[Any, Preprocess], None] = lambda visual, preprocess: None):
         super().__init__(idle_unload)
         self.resolve = resolve  # the owning ClipModel's spec, resolved on first need
+        self.note = note  # the owning ClipModel's note for its image tower, if any
+        self.check = check  # compares a torch tower with the numpy one (and notes it)
         self.preprocess: Preprocess | None = None  # set with each load
 
+    @property
+    def runtime(self) -> str | None:
+        """``numpy`` or ``torch``: what runs the loaded tower (``None`` until it loads)."""
+        with self._lock:
+            visual = self._model if self._state == "ready" else None
+        if visual is None:
+            return None
+        return "numpy" if isinstance(visual, ImageTower) else "torch"
+
     def _load(self) -> Any:
+        note = self.note()
+        if note is not None:
+            try:
+                tower = note.tower()
+                self.preprocess = Preprocess.from_config(note.preprocess)
+                return tower
+            except (OSError, ValueError) as exc:
+                log.info("CLIP image tower from %s: %s; loading it through torch",
+                         note.checkpoint, exc)
         spec = self.resolve()
         open_clip, _ = _import_torch()
         visual = _build(open_clip, spec, "image")
         self.preprocess = Preprocess(open_clip, visual)
+        self.check(visual, self.preprocess)
         return visual
 
     def _released(self) -> None:
@@ -140,7 +166,8 @@ class ClipModel(LazyModel):
         self._cache_lock = threading.Lock()
         self._spec_cache: _Spec | None = None
         self._spec_lock = threading.Lock()  # its own: the image tower asks while loading
-        self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload, self._spec)
+        self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload, self._spec,
+                                   self._image_note, self._note_numpy_image)
 
     @classmethod
     def from_model(cls, model: Any, model_id: str, settings: ClipSettings | None = None
@@ -189,6 +216,11 @@ class ClipModel(LazyModel):
         return "torch" if loaded.on_torch else "numpy"
 
     @property
+    def image_runtime(self) -> str | None:
+        """``numpy`` or ``torch``: what runs the loaded image tower (``None`` until it loads)."""
+        return self._images.runtime
+
+    @property
     def image_state(self) -> str:
         """The image tower's state (``unloaded`` while only text is served)."""
         return self._images.state
@@ -196,23 +228,19 @@ class ClipModel(LazyModel):
     # -- inference ------------------------------------------------------------------
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One normalised row per image, computed in batches of ``clip.batch_size``."""
-        import torch
-        import torch.nn.functional as F  # noqa: N812 - torch's own convention
-
         with self.session() as loaded:
             if not images:
                 return np.zeros((0, loaded.dim), dtype=np.float32)
             size = max(1, self.settings.batch_size)
-            out = []
-            with self._image_session() as visual, torch.inference_mode():
+            with self._image_session() as visual:
                 preprocess = self._images.preprocess
                 assert preprocess is not None  # set with the tower it came with
-                for start in range(0, len(images), size):
-                    chunk = images[start:start + size]
-                    pixels = torch.from_numpy(np.stack([preprocess(im) for im in chunk]))
-                    # what CLIP.encode_image(pixels, normalize=True) computes
-                    features = F.normalize(visual(pixels), dim=-1)
-                    out.append(features.float().numpy())
+                batches = (np.stack([preprocess(im) for im in images[start:start + size]])
+                           for start in range(0, len(images), size))
+                if isinstance(visual, ImageTower):
+                    out = [visual(pixels) for pixels in batches]
+                else:
+                    out = _encode_images_torch(visual, batches)
             return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
     def image_preprocess(self) -> Preprocess:
@@ -321,6 +349,32 @@ class ClipModel(LazyModel):
         if config is not None:
             TextNote.for_file(model_id, checkpoint, config).write(self.cache_dir)
 
+    def _image_note(self) -> ImageNote | None:
+        """The note that this model's image tower runs in numpy here, unless its checkpoint
+        changed (or is another file than the one configured)."""
+        try:
+            note = ImageNote.read(self.cache_dir, self.model_id)
+        except ModelUnavailable:
+            return None
+        local = Path(self.settings.pretrained.strip()).expanduser()
+        if note is not None and local.is_file() and Path(note.checkpoint) != local.resolve():
+            return None  # the same weights in another file: checked again, for that file
+        return note
+
+    def _note_numpy_image(self, visual: Any, preprocess: Preprocess) -> None:
+        """Check the numpy image tower against this one; when it agrees, say so in the
+        cache, and the next load on this machine needs no torch for images."""
+        if preprocess.config is None:  # open_clip's own transform: needs torch anyway
+            return
+        checkpoint = Path(self._spec().checkpoint)
+        try:
+            config = image_parity_config(visual, preprocess, checkpoint)
+            if config is not None:
+                ImageNote.for_file(self.model_id, checkpoint, config,
+                                   preprocess.config).write(self.cache_dir)
+        except Exception:  # the check is an optimisation: it must never fail a load
+            log.debug("CLIP image tower check failed", exc_info=True)
+
     def _spec(self) -> _Spec:
         """What building a tower takes: architecture, weights file, overrides (imports open_clip)."""
         with self._spec_lock:
@@ -368,6 +422,16 @@ def _import_torch() -> tuple[Any, Any]:
     return open_clip, torch
 
 
+def _encode_images_torch(visual: Any, batches: Iterator[np.ndarray]) -> list[np.ndarray]:
+    """What ``CLIP.encode_image(pixels, normalize=True)`` computes, batch by batch."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - torch's own convention
+
+    with torch.inference_mode():
+        return [F.normalize(visual(torch.from_numpy(pixels)), dim=-1).float().numpy()
+                for pixels in batches]
+
+
 class Preprocess:
     """The model's own preprocessing (size, crop, mean, std) as one numpy pass per image.
 
@@ -383,14 +447,38 @@ class Preprocess:
     def __init__(self, open_clip: Any, model: Any):
         cfg = open_clip.transform.PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
         size = cfg.size if isinstance(cfg.size, tuple | list) else (cfg.size, cfg.size)
-        self.height, self.width = int(size[0]), int(size[1])
-        self.mode = cfg.resize_mode
-        self.resample = self._RESAMPLE.get(cfg.interpolation)
-        self.mean = np.asarray(cfg.mean, dtype=np.float32) * 255.0
-        self.scale = 1.0 / (np.asarray(cfg.std, dtype=np.float32) * 255.0)
-        fast = self.resample is not None and (
-            self.mode == "squash" or (self.mode == "shortest" and self.height == self.width))
+        config = PreprocessConfig(int(size[0]), int(size[1]), str(cfg.resize_mode),
+                                  str(cfg.interpolation), _three(cfg.mean), _three(cfg.std))
+        self._set(config)
+        fast = self._fast
         self._fallback = None if fast else open_clip.transform.image_transform_v2(cfg, False)
+        #: what builds this preprocessing again without open_clip (None: it needs open_clip)
+        self.config: PreprocessConfig | None = config if fast else None
+
+    @classmethod
+    def from_config(cls, config: PreprocessConfig) -> Preprocess:
+        """The numpy preprocessing :attr:`config` describes, built without open_clip;
+        ``ValueError`` for a config only open_clip's transform does."""
+        self = cls.__new__(cls)
+        self._set(config)
+        if not self._fast:
+            raise ValueError(f"preprocessing {config} needs open_clip's transform")
+        self._fallback = None
+        self.config = config
+        return self
+
+    def _set(self, config: PreprocessConfig) -> None:
+        self.height, self.width = config.height, config.width
+        self.mode = config.mode
+        self.resample = self._RESAMPLE.get(config.interpolation)
+        self.mean = np.asarray(config.mean, dtype=np.float32) * 255.0
+        self.scale = 1.0 / (np.asarray(config.std, dtype=np.float32) * 255.0)
+
+    @property
+    def _fast(self) -> bool:
+        """Whether this numpy pass does the config (else open_clip's transform does)."""
+        return self.resample is not None and (
+            self.mode == "squash" or (self.mode == "shortest" and self.height == self.width))
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """A (3, H, W) float32 array ready for the model."""
@@ -423,6 +511,12 @@ class Preprocess:
         sx, sy = w / new[0], h / new[1]
         box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
         return image.resize((side, side), self.resample, box=box)
+
+
+def _three(values: Any) -> tuple[float, float, float]:
+    """A mean or std as three floats (one value stands for all three channels)."""
+    a, b, c = (float(v) for v in np.broadcast_to(np.asarray(values, dtype=np.float64), (3,)))
+    return (a, b, c)
 
 
 # -- naming -------------------------------------------------------------------------

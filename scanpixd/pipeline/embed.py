@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -90,6 +91,7 @@ class EmbedStage(Stage):
                 continue
             owners.append((job, [t for t, _ in frames]))
             images.extend(image for _, image in frames)
+        self.model.image_preprocess()  # loads the image tower: its runtime decides the threads
         with intra_op_threads(self.threads()):
             vectors = self.model.embed_images(images)
         start = 0
@@ -141,8 +143,13 @@ def intra_op_threads(count: int) -> Iterator[None]:
 
     torch keeps the count per thread (OpenMP, MKL) and also as the default that threads
     it meets later start with, so that default is put back afterwards, also when two
-    threads overlap (each restores the count torch had before either changed it).
+    threads overlap (each restores the count torch had before either changed it).  A tower
+    running in numpy needs none of this (OpenBLAS runs one thread), and torch is not imported
+    for it.
     """
+    if "torch" not in sys.modules:
+        yield
+        return
     import torch
 
     with _threads_lock:
