@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import synth
-from benchmarks.scale import _copies, corpus_photos, cpu_clock, load_average
+from benchmarks.scale import _check_towers, _copies, corpus_photos, cpu_clock, load_average
 from scanpixd.config import Settings
 from scanpixd.store import FolderStore
 
@@ -114,6 +114,7 @@ def run_once(base: Path, photos: list[Path], checkpoint: Path, faces: dict[str, 
     settings.faces.enabled = True
     for key, value in faces.items():
         setattr(settings.faces, key, value)
+    _check_towers(settings)  # as every indexing after a machine's first one finds them
     indexer = Indexer(settings, services=Services(settings))
     stages, tiers = StageClock(), dict[str, list[float]]()
     for stage in indexer.stages:
@@ -133,6 +134,7 @@ def run_once(base: Path, photos: list[Path], checkpoint: Path, faces: dict[str, 
             started = time.perf_counter()
             summary = indexer.index([folder])
             wall = time.perf_counter() - started
+            runtime = indexer.services.clip.image_runtime
             native = native_thread_cpu() - native
             indexer.close()  # exiftool exits, so its CPU time is counted
             used = cpu()
@@ -142,7 +144,7 @@ def run_once(base: Path, photos: list[Path], checkpoint: Path, faces: dict[str, 
     count = len(photos)
     print(f"  {count / wall:.2f} photos/s wall ({wall:.1f} s), CPU {1000 * used / count:.0f} ms/photo "
           f"incl. children (idle 2-core estimate {count / (used / 2):.2f} photos/s); "
-          f"{summary.failed} failed; {load_average()}")
+          f"{summary.failed} failed; image tower on {runtime}; {load_average()}")
     rows = [(name, stages.cpu[name], stages.wall[name]) for name in stages.cpu]
     rows.append(("native threads (torch pool)", native, 0.0))
     for name, seconds, spent in rows:

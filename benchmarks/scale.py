@@ -480,6 +480,7 @@ def _index_copy(base: Path, photos: list[Path], faces: bool, clip: Path | None) 
         settings.clip.enabled = False
     else:
         synth.clip_settings(settings, clip)
+        _check_towers(settings)  # as every indexing after a machine's first one finds them
     services = Services(settings)
     indexer = Indexer(settings, services=services)
     try:
