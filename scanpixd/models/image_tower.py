@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from scanpixd.models.checkpoint import read_arrays
-from scanpixd.models.text_tower import _layer_norm, _linear
+from scanpixd.models.text_tower import _layer_norm, _linear, block_shapes
 from scanpixd.store import atomic
 
 log = logging.getLogger(__name__)
@@ -248,17 +248,7 @@ def _check_shapes(config: ImageConfig, arrays: dict[str, np.ndarray]) -> None:
         "ln_pre.weight": (width,), "ln_pre.bias": (width,),
         "ln_post.weight": (width,), "ln_post.bias": (width,),
     }
-    for i in range(config.layers):
-        p = f"transformer.resblocks.{i}."
-        hidden = arrays.get(p + "mlp.c_fc.bias", np.zeros(0)).shape[0]
-        expected.update({
-            p + "ln_1.weight": (width,), p + "ln_1.bias": (width,),
-            p + "ln_2.weight": (width,), p + "ln_2.bias": (width,),
-            p + "attn.in_proj_weight": (3 * width, width), p + "attn.in_proj_bias": (3 * width,),
-            p + "attn.out_proj.weight": (width, width), p + "attn.out_proj.bias": (width,),
-            p + "mlp.c_fc.weight": (hidden, width), p + "mlp.c_fc.bias": (hidden,),
-            p + "mlp.c_proj.weight": (width, hidden), p + "mlp.c_proj.bias": (width,),
-        })
+    expected.update(block_shapes(arrays, config.layers, width))
     for key, shape in expected.items():
         if key not in arrays or tuple(arrays[key].shape) != shape:
             raise ValueError(f"image tower tensor visual.{key}: expected shape {shape}")

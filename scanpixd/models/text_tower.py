@@ -301,13 +301,12 @@ def _float32(array: np.ndarray) -> np.ndarray:
     return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
-def _check_shapes(config: TextConfig, arrays: dict[str, np.ndarray]) -> None:
-    width, hidden = config.width, None
-    expected: dict[str, tuple[int, ...]] = {
-        "positional_embedding": (config.context_length, width),
-        "ln_final.weight": (width,), "ln_final.bias": (width,),
-    }
-    for i in range(config.layers):
+def block_shapes(arrays: dict[str, np.ndarray], layers: int, width: int
+                 ) -> dict[str, tuple[int, ...]]:
+    """The shape each tensor of ``layers`` residual attention blocks of ``width`` must have,
+    text's or images' (each block's MLP width is read from its bias)."""
+    expected: dict[str, tuple[int, ...]] = {}
+    for i in range(layers):
         p = f"transformer.resblocks.{i}."
         hidden = arrays.get(p + "mlp.c_fc.bias", np.zeros(0)).shape[0]
         expected.update({
@@ -318,6 +317,16 @@ def _check_shapes(config: TextConfig, arrays: dict[str, np.ndarray]) -> None:
             p + "mlp.c_fc.weight": (hidden, width), p + "mlp.c_fc.bias": (hidden,),
             p + "mlp.c_proj.weight": (width, hidden), p + "mlp.c_proj.bias": (width,),
         })
+    return expected
+
+
+def _check_shapes(config: TextConfig, arrays: dict[str, np.ndarray]) -> None:
+    width = config.width
+    expected: dict[str, tuple[int, ...]] = {
+        "positional_embedding": (config.context_length, width),
+        "ln_final.weight": (width,), "ln_final.bias": (width,),
+    }
+    expected.update(block_shapes(arrays, config.layers, width))
     for key, shape in expected.items():
         if key not in arrays or tuple(arrays[key].shape) != shape:
             raise ValueError(f"text tower tensor {key}: expected shape {shape}")
