@@ -56,6 +56,7 @@ class Daemon:
         self.lock = InstanceLock(settings.roots, purpose="daemon")
         self.store = Store(settings)
         self.services = Services(settings)
+        self.services.clip.first_load_in_child = True  # torch never stays in the daemon
         self.indexer = Indexer(settings, self.store, self.services, jobs=jobs, stop=self.stop)
         self.service = LibraryService(settings, self.store, self.services, confine=True)
         self.scheduler = Scheduler(self.indexer, settings.roots,

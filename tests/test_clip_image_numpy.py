@@ -224,3 +224,61 @@ def test_status_says_which_runtime_runs_the_image_tower(
         assert clip_status["image_state"] == "ready"
         runtimes.append(clip_status["image_tower"])
     assert runtimes == ["torch", "numpy"]
+
+
+# -- a long-lived process leaves the first load to a child -----------------------------------
+_FIRST_LOAD_HERE = """
+import json, sys
+from PIL import Image
+from scanpixd.config import ClipSettings
+from scanpixd.models.clip import ClipModel
+model = ClipModel(ClipSettings(**json.loads(sys.argv[1])))
+model.first_load_in_child = True
+images = [Image.open(path).convert("RGB") for path in json.loads(sys.argv[2])]
+vectors = model.embed_images(images)
+text = model.embed_text(["a dog on the beach"])
+print(json.dumps({"torch": "torch" in sys.modules, "open_clip": "open_clip" in sys.modules,
+                  "image": model.image_runtime, "text": model.text_runtime,
+                  "vectors": vectors.tolist(), "text_vector": text.tolist()}))
+"""
+
+
+def test_a_first_load_in_a_child_leaves_this_process_without_torch(
+        tiny_clip: TinyClip, own_cache: Path) -> None:
+    """The daemon's way: a model's first load on a machine (no notes yet) runs in a child
+    process, which checks both towers and notes them; the daemon then runs both in numpy."""
+    settings = {"model": str(tiny_clip.config), "pretrained": str(tiny_clip.checkpoint),
+                "idle_unload": 0.0, "download": False, "batch_size": 3}
+    assert not (own_cache / "models").exists()
+    done = subprocess.run([sys.executable, "-c", _FIRST_LOAD_HERE, json.dumps(settings),
+                           json.dumps([str(p) for p in PHOTOS])], capture_output=True, text=True,
+                          check=True, env=os.environ.copy())
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False and result["open_clip"] is False
+    assert (result["image"], result["text"]) == ("numpy", "numpy")
+    assert len(list((own_cache / "models" / "clip-image").glob("*.json"))) == 1
+    reference = ClipModel(tiny_clip.settings(batch_size=3))  # here: torch is loaded anyway
+    np.testing.assert_allclose(np.asarray(result["vectors"]), reference.embed_images(photos()),
+                               atol=2e-6)
+    np.testing.assert_allclose(np.asarray(result["text_vector"]),
+                               reference.embed_text(["a dog on the beach"]), atol=2e-6)
+
+
+def test_a_child_that_cannot_load_says_so(tiny_clip: TinyClip, own_cache: Path,
+                                          tmp_path: Path) -> None:
+    """A first load that fails in the child (weights missing, no Python to run) is reported
+    as not done, so the load happens in the process itself, with its own clear error."""
+    from scanpixd.models.clip import first_load_in_child
+
+    missing = tiny_clip.settings(pretrained=str(tmp_path / "gone.pt"))
+    assert first_load_in_child(missing, own_cache) is False
+    assert not (own_cache / "models" / "clip-image").exists()
+    original = sys.executable
+    try:
+        sys.executable = str(tmp_path / "no-python")
+        assert first_load_in_child(tiny_clip.settings(), own_cache) is False
+    finally:
+        sys.executable = original
+    assert first_load_in_child(tiny_clip.settings(), own_cache) is True
+    assert len(list((own_cache / "models" / "clip-image").glob("*.json"))) == 1
+    assert len(list((own_cache / "models" / "clip-text").glob("*.json"))) == 1

@@ -27,11 +27,13 @@ is contacted only when it answers a plain TCP connect.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +46,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
+import orjson
 from PIL import Image
 
 from scanpixd import heap
@@ -108,11 +111,13 @@ class _ImageTower(LazyModel):
 
     def __init__(self, idle_unload: float, resolve: Callable[[], _Spec],
                  note: Callable[[], ImageNote | None] = lambda: None,
-                 check: Callable[[Any, Preprocess], None] = lambda visual, preprocess: None):
+                 check: Callable[[Any, Preprocess], None] = lambda visual, preprocess: None,
+                 elsewhere: Callable[[], bool] = lambda: False):
         super().__init__(idle_unload)
         self.resolve = resolve  # the owning ClipModel's spec, resolved on first need
         self.note = note  # the owning ClipModel's note for its image tower, if any
         self.check = check  # compares a torch tower with the numpy one (and notes it)
+        self.elsewhere = elsewhere  # runs the first load in a child; True when it ran
         self.preprocess: Preprocess | None = None  # set with each load
 
     @property
@@ -126,6 +131,8 @@ class _ImageTower(LazyModel):
 
     def _load(self) -> Any:
         note = self.note()
+        if note is None and self.elsewhere():
+            note = self.note()
         if note is not None:
             try:
                 tower = note.tower()
@@ -167,7 +174,13 @@ class ClipModel(LazyModel):
         self._spec_cache: _Spec | None = None
         self._spec_lock = threading.Lock()  # its own: the image tower asks while loading
         self._images = _ImageTower(settings.image_idle_unload or settings.idle_unload, self._spec,
-                                   self._image_note, self._note_numpy_image)
+                                   self._image_note, self._note_numpy_image,
+                                   self._check_elsewhere)
+        # A long-lived process (the daemon) sets this: a first load on the machine then runs in
+        # a child, so that this process never imports torch once the numpy towers are noted.
+        self.first_load_in_child = False
+        self._child_lock = threading.Lock()
+        self._child_ran = False
 
     @classmethod
     def from_model(cls, model: Any, model_id: str, settings: ClipSettings | None = None
@@ -305,10 +318,9 @@ class ClipModel(LazyModel):
     # -- loading --------------------------------------------------------------------
     def _load(self) -> _Loaded:
         model_id = self.model_id  # validates names and paths before anything heavy
-        note = TextNote.read(self.cache_dir, model_id)
-        local = Path(self.settings.pretrained.strip()).expanduser()
-        if note is not None and local.is_file() and Path(note.checkpoint) != local.resolve():
-            note = None  # the same weights in another file: checked again, for that file
+        note = self._text_note(model_id)
+        if note is None and self._check_elsewhere():
+            note = self._text_note(model_id)
         if note is not None:
             try:
                 tower, tokenizer = note.tower()
@@ -318,6 +330,27 @@ class ClipModel(LazyModel):
         loaded = self._load_torch()
         self._note_numpy_text(loaded, model_id)
         return loaded
+
+    def _text_note(self, model_id: str) -> TextNote | None:
+        note = TextNote.read(self.cache_dir, model_id)
+        local = Path(self.settings.pretrained.strip()).expanduser()
+        if note is not None and local.is_file() and Path(note.checkpoint) != local.resolve():
+            return None  # the same weights in another file: checked again, for that file
+        return note
+
+    def _check_elsewhere(self) -> bool:
+        """The model's first load on this machine, with both towers' checks, in a child
+        process (once per model object, and only where ``first_load_in_child`` is set).
+        Torch's CUDA build holds about 500 MB for the life of a process that imports it;
+        when the checks pass, this process goes on in numpy and never imports it.  False
+        when no child ran or it failed (the load then happens here, as before)."""
+        if not self.first_load_in_child or "torch" in sys.modules:
+            return False
+        with self._child_lock:
+            if self._child_ran:
+                return False
+            self._child_ran = True
+            return first_load_in_child(self.settings, self.cache_dir)
 
     def _load_torch(self) -> _Loaded:
         open_clip, _ = _import_torch()
@@ -406,6 +439,29 @@ class ClipModel(LazyModel):
         with self._lock:
             super().reset()
             self._images.reset()
+
+
+FIRST_LOAD_TIMEOUT = 900.0  # seconds: a child may download the weights first
+
+
+def first_load_in_child(settings: ClipSettings, cache_dir: Path) -> bool:
+    """Run ``python -m scanpixd.models.first_load``: it loads the model through torch,
+    checks the numpy towers and writes their notes in ``cache_dir``.  True when it exited
+    cleanly (whether the towers agreed is for the notes to say)."""
+    request = orjson.dumps({"settings": dataclasses.asdict(settings), "cache_dir": str(cache_dir)})
+    log.info("CLIP %s: first load on this machine, in a child process", settings.model)
+    try:
+        done = subprocess.run([sys.executable, "-m", "scanpixd.models.first_load"], input=request,
+                              capture_output=True, timeout=FIRST_LOAD_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("CLIP first load in a child process failed (%s); loading here", exc)
+        return False
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        log.info("CLIP first load in a child process exited %d (%s); loading here",
+                 done.returncode, tail[0][:300])
+        return False
+    return True
 
 
 def _import_torch() -> tuple[Any, Any]:
