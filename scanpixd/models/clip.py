@@ -333,10 +333,13 @@ class ClipModel(LazyModel):
 
     def _text_note(self, model_id: str) -> TextNote | None:
         note = TextNote.read(self.cache_dir, model_id)
+        return note if note is not None and self._noted_file_is_ours(note.checkpoint) else None
+
+    def _noted_file_is_ours(self, checkpoint: str) -> bool:
+        """Whether a note's checkpoint is the configured one: the same weights (one model
+        id) in another file are checked again, for that file."""
         local = Path(self.settings.pretrained.strip()).expanduser()
-        if note is not None and local.is_file() and Path(note.checkpoint) != local.resolve():
-            return None  # the same weights in another file: checked again, for that file
-        return note
+        return not local.is_file() or Path(checkpoint) == local.resolve()
 
     def _check_elsewhere(self) -> bool:
         """The model's first load on this machine, with both towers' checks, in a child
@@ -389,10 +392,7 @@ class ClipModel(LazyModel):
             note = ImageNote.read(self.cache_dir, self.model_id)
         except ModelUnavailable:
             return None
-        local = Path(self.settings.pretrained.strip()).expanduser()
-        if note is not None and local.is_file() and Path(note.checkpoint) != local.resolve():
-            return None  # the same weights in another file: checked again, for that file
-        return note
+        return note if note is not None and self._noted_file_is_ours(note.checkpoint) else None
 
     def _note_numpy_image(self, visual: Any, preprocess: Preprocess) -> None:
         """Check the numpy image tower against this one; when it agrees, say so in the

@@ -27,7 +27,6 @@ stay on torch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -36,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from scanpixd.models import tower_notes
 from scanpixd.models.checkpoint import read_arrays
 from scanpixd.models.text_tower import _layer_norm, _linear, block_shapes
-from scanpixd.store import atomic
 
 log = logging.getLogger(__name__)
 
 NOTE_VERSION = 1
-_NOTES = Path("models") / "clip-image"  # under the cache directory
+_NOTES = "clip-image"  # the notes' folder under cache_dir/models
 _PROBES = 4  # synthetic probe images compared at the check
 _TOLERANCE = 1e-4  # largest difference allowed between the towers' unit vectors
 
@@ -362,22 +361,16 @@ class ImageNote:
     @classmethod
     def for_file(cls, model_id: str, checkpoint: Path, config: ImageConfig,
                  preprocess: PreprocessConfig) -> ImageNote:
-        return cls(model_id, str(checkpoint.resolve()), _identity(checkpoint), config, preprocess)
-
-    @staticmethod
-    def path(cache_dir: Path, model_id: str) -> Path:
-        digest = hashlib.blake2b(model_id.encode(), digest_size=10).hexdigest()
-        return cache_dir / _NOTES / f"{digest}.json"
+        return cls(model_id, str(checkpoint.resolve()), tower_notes.identity(checkpoint), config,
+                   preprocess)
 
     @classmethod
     def read(cls, cache_dir: Path, model_id: str) -> ImageNote | None:
         """The note, if there is one for ``model_id`` and its checkpoint is unchanged."""
+        data = tower_notes.read(cache_dir, _NOTES, model_id, NOTE_VERSION)
+        if data is None:
+            return None
         try:
-            data = atomic.read_json(cls.path(cache_dir, model_id))
-            if not isinstance(data, dict):
-                return None
-            if data.get("version") != NOTE_VERSION or data.get("model_id") != model_id:
-                return None
             config = dict(data["config"])
             config["grid"] = tuple(int(g) for g in config["grid"])
             pre = dict(data["preprocess"])
@@ -385,36 +378,22 @@ class ImageNote:
             note = cls(model_id, str(data["checkpoint"]),
                        tuple(int(n) for n in data["identity"]),  # type: ignore[arg-type]
                        ImageConfig(**config), PreprocessConfig(**pre))
-            if len(note.config.grid) != 2 or len(note.preprocess.mean) != 3 \
-                    or len(note.preprocess.std) != 3:
-                return None
-            if _identity(Path(note.checkpoint)) != note.identity:
-                return None
-            return note
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
+        if len(note.config.grid) != 2 or len(note.preprocess.mean) != 3 \
+                or len(note.preprocess.std) != 3:
+            return None
+        return note
 
     def write(self, cache_dir: Path) -> None:
-        """Remember the note; only a cache, so a failed write is logged and forgotten."""
-        target = self.path(cache_dir, self.model_id)
-        data = {"version": NOTE_VERSION, "model_id": self.model_id, "checkpoint": self.checkpoint,
-                "identity": list(self.identity), "config": asdict(self.config),
-                "preprocess": asdict(self.preprocess)}
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(target, data)
-        except OSError as exc:
-            log.debug("cannot write %s: %s", target, exc)
+        tower_notes.write(cache_dir, _NOTES, self.model_id, NOTE_VERSION, self.checkpoint,
+                          self.identity, {"config": asdict(self.config),
+                                          "preprocess": asdict(self.preprocess)})
 
     def tower(self) -> ImageTower:
         """The checked tower; raises ``OSError``/``ValueError`` if the checkpoint cannot be
         read after all."""
         return ImageTower.from_checkpoint(self.config, Path(self.checkpoint))
-
-
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 __all__ = ["ImageConfig", "ImageNote", "ImageTower", "PreprocessConfig", "parity_config",

@@ -19,7 +19,6 @@ note and stay on torch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import mmap
@@ -30,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from scanpixd.models import tower_notes
 from scanpixd.models.bpe import VOCABULARY_SIZE, BpeTokenizer, vocabulary_file
 from scanpixd.models.checkpoint import CheckpointFormatError, read_arrays
-from scanpixd.store import atomic
 
 log = logging.getLogger(__name__)
 
 NOTE_VERSION = 1
-_NOTES = Path("models") / "clip-text"  # under the cache directory
+_NOTES = "clip-text"  # the notes' folder under cache_dir/models
 _PROBES = (
     "a photo of a dog", "Sunset over the sea, Brittany 2019!", "x",
     "Grand-mère's 80th birthday: café & crème brûlée 🎂",
@@ -421,41 +420,24 @@ class TextNote:
 
     @classmethod
     def for_file(cls, model_id: str, checkpoint: Path, config: TextConfig) -> TextNote:
-        return cls(model_id, str(checkpoint.resolve()), _identity(checkpoint), config)
-
-    @staticmethod
-    def path(cache_dir: Path, model_id: str) -> Path:
-        digest = hashlib.blake2b(model_id.encode(), digest_size=10).hexdigest()
-        return cache_dir / _NOTES / f"{digest}.json"
+        return cls(model_id, str(checkpoint.resolve()), tower_notes.identity(checkpoint), config)
 
     @classmethod
     def read(cls, cache_dir: Path, model_id: str) -> TextNote | None:
         """The note, if there is one for ``model_id`` and its checkpoint is unchanged."""
+        data = tower_notes.read(cache_dir, _NOTES, model_id, NOTE_VERSION)
+        if data is None:
+            return None
         try:
-            data = atomic.read_json(cls.path(cache_dir, model_id))
-            if not isinstance(data, dict):
-                return None
-            if data.get("version") != NOTE_VERSION or data.get("model_id") != model_id:
-                return None
-            note = cls(model_id, str(data["checkpoint"]),
+            return cls(model_id, str(data["checkpoint"]),
                        tuple(int(n) for n in data["identity"]),  # type: ignore[arg-type]
                        TextConfig(**data["config"]))
-            if _identity(Path(note.checkpoint)) != note.identity:
-                return None
-            return note
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
     def write(self, cache_dir: Path) -> None:
-        """Remember the note; only a cache, so a failed write is logged and forgotten."""
-        target = self.path(cache_dir, self.model_id)
-        data = {"version": NOTE_VERSION, "model_id": self.model_id, "checkpoint": self.checkpoint,
-                "identity": list(self.identity), "config": asdict(self.config)}
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_json(target, data)
-        except OSError as exc:
-            log.debug("cannot write %s: %s", target, exc)
+        tower_notes.write(cache_dir, _NOTES, self.model_id, NOTE_VERSION, self.checkpoint,
+                          self.identity, {"config": asdict(self.config)})
 
     def tower(self) -> tuple[TextTower, BpeTokenizer]:
         """The checked tower and its tokenizer; raises ``OSError``/``ValueError`` if the
@@ -465,11 +447,6 @@ class TextNote:
             raise OSError("open_clip's BPE vocabulary is not installed")
         tower = TextTower.from_checkpoint(self.config, Path(self.checkpoint))
         return tower, BpeTokenizer(vocabulary, self.config.context_length)
-
-
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 __all__ = ["CheckpointFormatError", "TextConfig", "TextNote", "TextTower", "parity_config",
