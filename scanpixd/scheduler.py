@@ -16,7 +16,9 @@ removed, they simply are elsewhere now).
 Files nothing names any more (a changed photo's old thumbnails, the temporary file of a
 write that a crash cut short) are swept folder by folder when the cheap loop has nothing
 else to do and the slow loop is between batches, since a sweep running beside a writer
-could take an asset whose record is not written yet.
+could take an asset whose record is not written yet.  A folder found clean before and
+unchanged since is skipped (see :class:`scanpixd.upkeep.Sweeper`): the rescan at each start
+queues them all.
 
 The library-wide passes (time inference) are due a few seconds after the cheap work of
 the last change is done, so they see every file it indexed.  A reconcile that finds
@@ -42,6 +44,7 @@ from scanpixd.notify import lower_thread_priority
 from scanpixd.pipeline import Tier
 from scanpixd.scan import Plan, Scope, reconcile_scopes
 from scanpixd.store import FolderStore
+from scanpixd.upkeep import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +364,9 @@ class Scheduler:
             return False  # the slow loop is writing; the loop looks again within a second
         with self._lock:
             self._active += 1
+            roots = list(self.roots)
         try:
+            sweeper = Sweeper(self.indexer.settings.cache_dir, roots)
             deadline = time.monotonic() + SWEEP_SLICE
             while time.monotonic() < deadline:
                 with self._lock:
@@ -369,9 +374,8 @@ class Scheduler:
                         break
                     _, folder = self._sweep.popitem()
                 if folder.exists():
-                    removed = folder.sweep(folder.records())
-                    if removed:
-                        log.debug("swept %d orphaned files in %s", removed, folder.folder)
+                    sweeper.sweep(folder)
+            sweeper.save()
         finally:
             self._writing.release()
             with self._lock:

@@ -3,7 +3,8 @@
 Per-file stages cannot do these: a photo without GPS borrows its time zone from a
 geotagged neighbour shot by the same camera, and a folder's portable ANN index covers
 every file in it.  The one-shot indexer runs them after its tiers (:func:`finish_passes`);
-the daemon runs the time pass after changes settle (:func:`run_times`), and again whenever
+the daemon sweeps the folders of each whole-root rescan (:class:`Sweeper`, on the same
+notes), runs the time pass after changes settle (:func:`run_times`), and again whenever
 :func:`times_due` finds what it reads changed since it last found nothing to do (a stop or
 a crash before the pass was done leaves no note of the records as they are, so the next
 start does it).
@@ -179,8 +180,29 @@ def _sweep(folder: FolderStore, notes: _Notes, listings: _Listings) -> None:
     if notes.keep("swept", folder, [folder.listing_token(), dirs]):
         return
     failed: list[str] = []
-    if folder.sweep(listings.get(folder), failed) == 0 and not failed:
+    removed = folder.sweep(listings.get(folder), failed)
+    if removed:
+        log.debug("swept %d orphaned files in %s", removed, folder.folder)
+    elif not failed:
         notes.note("swept", folder, [folder.listing_token(), dirs])
+
+
+class Sweeper:
+    """The orphan sweep one folder at a time, for a caller that interleaves it with other
+    work (the daemon, after each rescan of a whole root), noted as :func:`finish_passes`
+    notes it: a folder whose record files and data directories are as they were at its last
+    clean sweep is skipped, not listed again (at 100k files, listing every folder after each
+    start cost about 11 s of CPU)."""
+
+    def __init__(self, cache_dir: Path, roots: list[Path]):
+        self._notes = _Notes.load(cache_dir, roots)
+
+    def sweep(self, folder: FolderStore) -> None:
+        _sweep(folder, self._notes, _Listings())  # no listing kept: folders come one by one
+
+    def save(self) -> None:
+        """Write what was found clean; the other folders' notes stay as they were."""
+        self._notes.save(keep_folders=True, keep_times=True)
 
 
 def _times(folders: list[FolderStore], roots: list[Path], settings: Settings, notes: _Notes,
@@ -334,14 +356,18 @@ class _Notes:
     def note_times(self, signature: list[Any] | None) -> None:
         self._times = _digest("times", signature)
 
-    def save(self, keep_folders: bool = False) -> None:
+    def save(self, keep_folders: bool = False, keep_times: bool = False) -> None:
         """Write the note; ``keep_folders``: the run looked at times alone, so the previous
-        run's folder notes stay as they were."""
-        if keep_folders:
-            self._folders = {**self._old_folders, **self._folders}
+        run's folder notes stay as they were; ``keep_times``: it did not look at times."""
+        if keep_folders:  # each folder's other passes' notes too
+            old = {k: v for k, v in self._old_folders.items() if isinstance(v, dict)}
+            self._folders = {key: {**old.get(key, {}), **self._folders.get(key, {})}
+                             for key in {*old, *self._folders}}
+        if keep_times:
+            self._times = self._old_times
         if self._folders == self._old_folders and self._times == self._old_times:
             return
         data = {"format": NOTES_FORMAT, "times": self._times, "folders": self._folders}
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(self.path, orjson.dumps(data))
+            atomic.write_bytes(self.path, orjson.dumps(data), durable=False)  # derived data

@@ -21,8 +21,10 @@ import pytest
 
 from scanpixd import upkeep
 from scanpixd.config import Settings
+from scanpixd.indexer import Indexer
 from scanpixd.record import Record, encode_vector, new_record
 from scanpixd.scan import reconcile
+from scanpixd.scheduler import Scheduler
 from scanpixd.store import FolderStore, Store, ann, record_cache
 
 MODEL = "tiny+abc/b2:0123"
@@ -291,3 +293,46 @@ def test_a_folder_read_from_two_places_is_seen_changing_in_either(
     assert seen.indexed == [lib / "album"] and seen.times == 1
     meta = orjson.loads((Store(settings).folder(lib / "album").index_dir() / ann.META_NAME).read_bytes())
     assert "IMG_new.jpg" in [label[0] for label in meta["labels"]]
+
+
+# -- the daemon's sweep after the rescan at its start: the same notes ---------------------------
+def daemon_start_sweep(settings: Settings, lib: Path, seen: Seen) -> None:
+    """What a daemon's start does for the sweep: a rescan of the whole root, then the sweep
+    on the cheap loop, slice by slice, until no folder is left to look at."""
+    seen.swept.clear()
+    indexer = Indexer(settings, Store(settings), stages=[])  # a new process
+    scheduler = Scheduler(indexer, [lib])
+    try:
+        scheduler.rescan(lib)
+        assert scheduler._reconcile_pending()
+        assert scheduler.pending()["sweep"] == 3, "a whole-root rescan queues every folder"
+        while scheduler.pending()["sweep"]:
+            assert scheduler._reconcile_pending()
+    finally:
+        indexer.close()
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_daemon_start_sweeps_no_folder_found_clean_since(settings: Settings, lib: Path,
+                                                           seen: Seen) -> None:
+    settle(settings, lib)
+    daemon_start_sweep(settings, lib, seen)
+    assert seen.swept == []
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_daemon_start_sweeps_leftovers_made_while_it_was_down(settings: Settings, lib: Path,
+                                                                seen: Seen) -> None:
+    settle(settings, lib)
+    data = lib / "album1" / ".scanpix"
+    leftovers = [data / "thumbs" / "orphan-256.webp", data / "records" / ".IMG_4.jpg.json.tmp-1-ab"]
+    for path in leftovers:
+        path.write_bytes(b"left behind")
+    daemon_start_sweep(settings, lib, seen)
+    assert seen.swept == [lib / "album1"] and not any(p.exists() for p in leftovers)
+    assert record_at(settings, lib / "album1" / "IMG_4.jpg")["thumbs"]
+    daemon_start_sweep(settings, lib, seen)  # found clean now, and noted so
+    daemon_start_sweep(settings, lib, seen)
+    assert seen.swept == []
+    run_passes(settings, lib, seen)  # and the index run's notes are all still there
+    assert (seen.swept, seen.indexed, seen.times) == ([], [], 0)
