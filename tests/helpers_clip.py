@@ -9,10 +9,12 @@ is what the search plumbing needs.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -61,6 +63,31 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> TinyClip:
     checkpoint = directory / f"tiny-clip-{seed}.pt"
     torch.save(model.state_dict(), checkpoint)
     return TinyClip(config, checkpoint)
+
+
+def tiny_variant(directory: Path, seed: int, quick_gelu: bool = False,
+                 vision: dict[str, object] | None = None, text: dict[str, object] | None = None
+                 ) -> tuple[Any, Path]:
+    """The tiny model with ``vision``/``text`` config changes: (its open_clip model, in eval
+    mode, with random weights from ``seed``; the checkpoint they are saved in)."""
+    import open_clip
+    import torch
+
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["vision_cfg"].update(vision or {})
+    cfg["text_cfg"].update(text or {})
+    cfg["quick_gelu"] = quick_gelu
+    digest = hashlib.blake2b(json.dumps(cfg, sort_keys=True).encode(), digest_size=8).hexdigest()
+    name = f"scanpix-test-variant-{digest}"  # open_clip's registry is process-wide
+    if open_clip.get_model_config(name) is None:
+        path = directory / f"{name}.json"
+        path.write_text(json.dumps(cfg), encoding="utf-8")
+        open_clip.add_model_config(path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name).eval()
+    checkpoint = directory / f"{name}-{seed}.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return model, checkpoint
 
 
 @pytest.fixture(scope="session", name="tiny_clip")

@@ -18,7 +18,7 @@ from PIL import Image
 from scanpixd.models import image_tower
 from scanpixd.models.clip import ClipModel, Preprocess
 from scanpixd.models.image_tower import ImageNote, ImageTower, plain_config, probe_pixels
-from tests.helpers_clip import TINY_CONFIG, TinyClip, tiny_clip_fixture  # noqa: F401
+from tests.helpers_clip import TinyClip, tiny_clip_fixture, tiny_variant  # noqa: F401
 
 CORPUS = Path("/work/shared/corpora")
 PHOTOS = sorted((CORPUS / "exif-samples" / "jpg" / "gps").glob("*.jpg"))[:4] + sorted(
@@ -45,19 +45,10 @@ def _model(tmp_path: Path, name: str = "tiny", quick_gelu: bool = False,
            **vision_cfg: object) -> tuple[open_clip.model.CLIP, Path]:
     """A random-weight model (``ViT-B-32`` or a tiny ViT with ``vision_cfg`` changes) and
     its saved checkpoint."""
+    if name != "ViT-B-32":
+        return tiny_variant(tmp_path, seed=5, quick_gelu=quick_gelu, vision=vision_cfg)
     torch.manual_seed(5)
-    if name == "ViT-B-32":
-        model = open_clip.create_model(name, force_quick_gelu=quick_gelu).eval()
-    else:
-        cfg = json.loads(json.dumps(TINY_CONFIG))
-        cfg["vision_cfg"].update(vision_cfg)
-        cfg["quick_gelu"] = quick_gelu
-        name = f"scanpix-test-image-{abs(hash(json.dumps(cfg, sort_keys=True)))}"
-        if open_clip.get_model_config(name) is None:
-            path = tmp_path / f"{name}.json"
-            path.write_text(json.dumps(cfg), encoding="utf-8")
-            open_clip.add_model_config(path)
-        model = open_clip.create_model(name).eval()
+    model = open_clip.create_model(name, force_quick_gelu=quick_gelu).eval()
     checkpoint = tmp_path / f"{name}.pt"
     torch.save(model.state_dict(), checkpoint)
     return model, checkpoint

@@ -22,7 +22,7 @@ from scanpixd.models.bpe import BpeTokenizer, vocabulary_file
 from scanpixd.models.checkpoint import CheckpointFormatError, read_arrays
 from scanpixd.models.clip import ClipModel
 from scanpixd.models.text_tower import TextNote, TextTower, plain_config
-from tests.helpers_clip import TINY_CONFIG, TinyClip, tiny_clip_fixture  # noqa: F401
+from tests.helpers_clip import TINY_CONFIG, TinyClip, tiny_clip_fixture, tiny_variant  # noqa: F401
 
 TEXTS = ["a dog", "a dog on the beach at sunset with a red ball", "x", "", "   ",
          "Grand-mère's café &amp; crème brûlée 🎂", "北京 天安门 2008", "IMG_1234.JPG",
@@ -162,21 +162,9 @@ def test_tower_refuses_a_checkpoint_of_another_shape(tmp_path: Path) -> None:
         TextTower.from_checkpoint(config, broken)
 
 
-def _tiny_model(tmp_path: Path, **text_cfg: object) -> tuple[open_clip.model.CLIP, Path]:
-    quick_gelu = bool(text_cfg.pop("quick_gelu", False))
-    cfg = json.loads(json.dumps(TINY_CONFIG))
-    cfg["text_cfg"].update(text_cfg)
-    cfg["quick_gelu"] = quick_gelu
-    name = f"scanpix-test-numpy-{abs(hash(json.dumps(cfg, sort_keys=True)))}"
-    if open_clip.get_model_config(name) is None:
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(cfg), encoding="utf-8")
-        open_clip.add_model_config(path)
-    torch.manual_seed(3)
-    model = open_clip.create_model(name).eval()
-    checkpoint = tmp_path / f"{name}.pt"
-    torch.save(model.state_dict(), checkpoint)
-    return model, checkpoint
+def _tiny_model(tmp_path: Path, quick_gelu: bool = False, **text_cfg: object
+                ) -> tuple[open_clip.model.CLIP, Path]:
+    return tiny_variant(tmp_path, seed=3, quick_gelu=quick_gelu, text=text_cfg)
 
 
 # -- the note: a checked model's next load needs no torch ------------------------------------

@@ -4,7 +4,6 @@ open_clip, and a result's thumbnail path built without a stat against the store'
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from scanpixd.models.text_tower import TextTower, _float32, _leave_pages, plain_
 from scanpixd.record import Record
 from scanpixd.service import _smallest_thumb
 from scanpixd.store.folder import FolderStore
-from tests.helpers_clip import TINY_CONFIG
+from tests.helpers_clip import tiny_variant
 
 CAPTION = "a dog on the beach at sunset with a red ball near the old pier in winter light"
 
@@ -28,18 +27,8 @@ CAPTION = "a dog on the beach at sunset with a red ball near the old pier in win
 def towers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> tuple[open_clip.model.CLIP, TextTower]:
     quick_gelu = bool(request.param)
-    directory = tmp_path_factory.mktemp("tower")
-    cfg = {**json.loads(json.dumps(TINY_CONFIG)), "quick_gelu": quick_gelu}
-    cfg["text_cfg"].update(heads=4, layers=3)
-    name = f"scanpix-test-query-speed-{int(quick_gelu)}"
-    if open_clip.get_model_config(name) is None:
-        path = directory / f"{name}.json"
-        path.write_text(json.dumps(cfg), encoding="utf-8")
-        open_clip.add_model_config(path)
-    torch.manual_seed(11)
-    model = open_clip.create_model(name).eval()
-    checkpoint = directory / "tower.pt"
-    torch.save(model.state_dict(), checkpoint)
+    model, checkpoint = tiny_variant(tmp_path_factory.mktemp("tower"), seed=11, quick_gelu=quick_gelu,
+                                     text={"heads": 4, "layers": 3})
     config = plain_config(model, open_clip.tokenizer.SimpleTokenizer())
     assert config is not None and config.heads == 4 and config.layers == 3
     return model, TextTower.from_checkpoint(config, checkpoint)
