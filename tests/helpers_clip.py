@@ -65,6 +65,17 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> TinyClip:
     return TinyClip(config, checkpoint)
 
 
+def open_pictures(paths: list[Path]) -> list[Image.Image]:
+    """``paths`` decoded as RGB; the test is skipped when the shared corpora are not here."""
+    if not paths:
+        pytest.skip("the shared corpora are not beside the project")
+    out = []
+    for path in paths:
+        with Image.open(path) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
 def tiny_variant(directory: Path, seed: int, quick_gelu: bool = False,
                  vision: dict[str, object] | None = None, text: dict[str, object] | None = None
                  ) -> tuple[Any, Path]:

@@ -18,7 +18,7 @@ from PIL import Image
 from scanpixd.models import image_tower
 from scanpixd.models.clip import ClipModel, Preprocess
 from scanpixd.models.image_tower import ImageNote, ImageTower, plain_config, probe_pixels
-from tests.helpers_clip import TinyClip, tiny_clip_fixture, tiny_variant  # noqa: F401
+from tests.helpers_clip import TinyClip, open_pictures, tiny_clip_fixture, tiny_variant  # noqa: F401
 
 CORPUS = Path("/work/shared/corpora")
 PHOTOS = sorted((CORPUS / "exif-samples" / "jpg" / "gps").glob("*.jpg"))[:4] + sorted(
@@ -32,13 +32,7 @@ def own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def photos() -> list[Image.Image]:
-    if not PHOTOS:
-        pytest.skip("the test corpus is not here")
-    out = []
-    for path in PHOTOS:
-        with Image.open(path) as im:
-            out.append(im.convert("RGB"))
-    return out
+    return open_pictures(PHOTOS)
 
 
 def _model(tmp_path: Path, name: str = "tiny", quick_gelu: bool = False,

@@ -16,7 +16,7 @@ from scanpixd.errors import ModelUnavailable
 from scanpixd.models import clip as clip_module
 from scanpixd.models.clip import ClipModel, file_hash
 from tests.conftest import CORPORA
-from tests.helpers_clip import TinyClip, tiny_clip_fixture  # noqa: F401
+from tests.helpers_clip import TinyClip, open_pictures, tiny_clip_fixture  # noqa: F401
 
 TEXTS = ["a dog on the beach", "snow", "a red car parked by a lake at sunset"]
 
@@ -30,14 +30,7 @@ def own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def pictures() -> list[Image.Image]:
-    sources = sorted((CORPORA / "exif-samples" / "jpg" / "gps").glob("*.jpg"))[:3]
-    if not sources:
-        pytest.skip("the shared corpora are not beside the project")
-    out = []
-    for path in sources:
-        with Image.open(path) as im:
-            out.append(im.convert("RGB"))
-    return out
+    return open_pictures(sorted((CORPORA / "exif-samples" / "jpg" / "gps").glob("*.jpg"))[:3])
 
 
 def reference(tiny: TinyClip, checkpoint: Path | None = None
