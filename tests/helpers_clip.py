@@ -76,6 +76,15 @@ def open_pictures(paths: list[Path]) -> list[Image.Image]:
     return out
 
 
+def checkpoint_without(model: Any, path: Path, part: str) -> Path:
+    """``model``'s weights saved at ``path`` without the tensors whose names hold ``part``
+    (a checkpoint of another shape)."""
+    import torch
+
+    torch.save({k: v for k, v in model.state_dict().items() if part not in k}, path)
+    return path
+
+
 def tiny_variant(directory: Path, seed: int, quick_gelu: bool = False,
                  vision: dict[str, object] | None = None, text: dict[str, object] | None = None
                  ) -> tuple[Any, Path]:

@@ -18,7 +18,7 @@ from PIL import Image
 from scanpixd.models import image_tower
 from scanpixd.models.clip import ClipModel, Preprocess
 from scanpixd.models.image_tower import ImageNote, ImageTower, plain_config, probe_pixels
-from tests.helpers_clip import TinyClip, open_pictures, tiny_clip_fixture, tiny_variant  # noqa: F401
+from tests.helpers_clip import TinyClip, checkpoint_without, open_pictures, tiny_clip_fixture, tiny_variant  # noqa: F401
 
 CORPUS = Path("/work/shared/corpora")
 PHOTOS = sorted((CORPUS / "exif-samples" / "jpg" / "gps").glob("*.jpg"))[:4] + sorted(
@@ -84,9 +84,7 @@ def test_tower_refuses_a_checkpoint_of_another_shape(tmp_path: Path) -> None:
     model, _ = _model(tmp_path)
     config = plain_config(model.visual)
     assert config is not None
-    state = {k: v for k, v in model.state_dict().items() if "resblocks.1.mlp" not in k}
-    broken = tmp_path / "broken.pt"
-    torch.save(state, broken)
+    broken = checkpoint_without(model, tmp_path / "broken.pt", "resblocks.1.mlp")
     with pytest.raises(ValueError, match="resblocks.1.mlp"):
         ImageTower.from_checkpoint(config, broken)
     with pytest.raises(ValueError, match="pixels"):

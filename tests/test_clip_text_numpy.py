@@ -22,7 +22,7 @@ from scanpixd.models.bpe import BpeTokenizer, vocabulary_file
 from scanpixd.models.checkpoint import CheckpointFormatError, read_arrays
 from scanpixd.models.clip import ClipModel
 from scanpixd.models.text_tower import TextNote, TextTower, plain_config
-from tests.helpers_clip import TINY_CONFIG, TinyClip, tiny_clip_fixture, tiny_variant  # noqa: F401
+from tests.helpers_clip import TINY_CONFIG, TinyClip, checkpoint_without, tiny_clip_fixture, tiny_variant  # noqa: F401
 
 TEXTS = ["a dog", "a dog on the beach at sunset with a red ball", "x", "", "   ",
          "Grand-mère's café &amp; crème brûlée 🎂", "北京 天安门 2008", "IMG_1234.JPG",
@@ -155,9 +155,7 @@ def test_tower_refuses_a_checkpoint_of_another_shape(tmp_path: Path) -> None:
     model, _ = _tiny_model(tmp_path)
     config = plain_config(model, open_clip_tokenizer())
     assert config is not None
-    state = {k: v for k, v in model.state_dict().items() if "resblocks.1.mlp" not in k}
-    broken = tmp_path / "broken.pt"
-    torch.save(state, broken)
+    broken = checkpoint_without(model, tmp_path / "broken.pt", "resblocks.1.mlp")
     with pytest.raises(ValueError, match="resblocks.1.mlp"):
         TextTower.from_checkpoint(config, broken)
 

@@ -55,6 +55,11 @@ class LazyModel(ABC):
         """Why the model is unavailable (``None`` unless ``state == "unavailable"``)."""
         return self._error
 
+    def loaded_now(self) -> Any | None:
+        """The model if it is loaded at this moment, else ``None``; never starts a load."""
+        with self._lock:
+            return self._model if self._state == "ready" else None
+
     @property
     def available(self) -> bool:
         """Whether the model is, or can be, loaded (tries to load when it is not yet)."""

@@ -123,8 +123,7 @@ class _ImageTower(LazyModel):
     @property
     def runtime(self) -> str | None:
         """``numpy`` or ``torch``: what runs the loaded tower (``None`` until it loads)."""
-        with self._lock:
-            visual = self._model if self._state == "ready" else None
+        visual = self.loaded_now()
         if visual is None:
             return None
         return "numpy" if isinstance(visual, ImageTower) else "torch"
@@ -222,8 +221,7 @@ class ClipModel(LazyModel):
     @property
     def text_runtime(self) -> str | None:
         """``numpy`` or ``torch``: what runs the loaded text tower (``None`` until it loads)."""
-        with self._lock:
-            loaded = self._model if self._state == "ready" else None
+        loaded = self.loaded_now()
         if loaded is None:
             return None
         return "torch" if loaded.on_torch else "numpy"
