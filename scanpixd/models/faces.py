@@ -13,7 +13,9 @@ more time and found no other face in the corpora), enlarged to ``faces.max_size`
 is smaller, to at most twice its size counting ``faces.upsample`` doublings, so a small
 picture is searched as closely as with one doubling.  Landmarks and encodings are computed
 on the picture itself, never on the enlarged copy.  Several threads may detect at once:
-HOG runs outside the GIL on a detector of its own.
+HOG runs outside the GIL.  The HOG scan is our native one (:mod:`scanpixd.models.hog`: dlib's
+detector and arithmetic, ~3/4 of dlib's CPU) where it is built, else dlib's own, on a
+detector per thread.
 
 Encodings are dlib's: dlib cuts the face chips, and :mod:`scanpixd.models.face_resnet`
 runs dlib's ResNet on them in numpy, from the same model file, for ~1/6 of the CPU that
@@ -43,7 +45,7 @@ from PIL import Image
 
 from scanpixd.config import FaceSettings
 from scanpixd.errors import ModelUnavailable
-from scanpixd.models import face_resnet
+from scanpixd.models import face_resnet, hog
 from scanpixd.models.base import LazyModel
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ class _Loaded:
     encoder: Any  # compute_face_descriptor(pixels, shapes, jitters); may be thread_safe
     shapes: Any  # dlib.full_object_detections, the container the batch encoder takes
     make_detector: Any  # another HOG detector: one instance must not scan in two threads
+    rectangle: Any  # dlib.rectangle, for the native scanner's boxes
+    scanner: hog.HogScanner | None = None  # the native HOG scan (thread-safe), when built
     spare: list[Any] = field(default_factory=list)  # HOG detectors not in use
 
 
@@ -188,6 +192,8 @@ class FaceModel(LazyModel):
             encoder=_encoder(dlib, directory / _ENCODER_FILE),
             shapes=dlib.full_object_detections,
             make_detector=dlib.get_frontal_face_detector,
+            rectangle=dlib.rectangle,
+            scanner=None if cnn else hog.native_scanner(detector),
             spare=[] if cnn else [detector],
         )
 
@@ -222,6 +228,9 @@ class FaceModel(LazyModel):
             with self._infer:
                 found = model.detector(np.asarray(_enlarged(work, scale)), upsample)
             pairs = [(d.rect, float(d.confidence)) for d in found]
+        elif model.scanner is not None:
+            boxes, scores, _ = model.scanner.run(np.asarray(_enlarged(grey, scale)), upsample, 0.0)
+            pairs = [(model.rectangle(*box), s) for box, s in zip(boxes, scores, strict=True)]
         else:
             with self._hog(model) as detector:
                 rects, scores, _ = detector.run(np.asarray(_enlarged(grey, scale)), upsample, 0.0)

@@ -1,0 +1,412 @@
+/*
+ * Native scanning for dlib's HOG face detector (scanpixd.models.hog drives it).
+ *
+ * dlib's frontal face detector spends ~250 ms on an 8 MP photo scanned at 2048 px, mostly in
+ * its separable filters (~2 GMAC/s) and FHOG extraction.  This file does the same arithmetic
+ * in dlib's order: bilinear resizing as dlib's resize_image does it for 8-bit grey images,
+ * FHOG features as impl_extract_fhog_features computes them (Felzenszwalb et al., 31 planes,
+ * cell size from the caller), and each detector's rank-1 filters summed into its score
+ * plane.  It answers every window whose score reaches its detector's threshold; mapping
+ * windows to rectangles and non-maximum suppression are in Python, where they are cheap.
+ *
+ * The speed comes from layout, not from different maths: FHOG planes are filtered one output
+ * row at a time so the vertical pass stays in L1, and loops are written for the compiler to
+ * vectorise (built for AVX2 + FMA where the CPU has them, chosen at run time).
+ *
+ * The FHOG code is derived from dlib's fhog.h, which derives from the voc-release features.cc
+ * by Ross Girshick, Pedro Felzenszwalb and Deva Ramanan (MIT licence; dlib: Boost licence).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PLANES 31
+#define BINS 18
+
+/* -- images ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int nr, nc;
+    uint8_t *px;
+} Grey;
+
+typedef struct {
+    int nr, nc;  /* every plane's size */
+    float *data; /* PLANES planes of nr * nc */
+} Fhog;
+
+static int grey_alloc(Grey *img, int nr, int nc) {
+    img->nr = nr;
+    img->nc = nc;
+    img->px = (uint8_t *)malloc((size_t)nr * (size_t)nc + 16);
+    return img->px != NULL;
+}
+
+/* -- the kernels, for this CPU --------------------------------------------------------- */
+
+static const float DIR_X[9] = {1.0000f, 0.9397f, 0.7660f, 0.500f, 0.1736f, -0.1736f, -0.5000f, -0.7660f, -0.9397f};
+static const float DIR_Y[9] = {0.0000f, 0.3420f, 0.6428f, 0.8660f, 0.9848f, 0.9848f, 0.8660f, 0.6428f, 0.3420f};
+
+/* Where dlib's eight-wide loop over a row of pixels, from x = 1, stops. */
+static inline int simd_columns_end(int visible_nc) {
+    int x = 1;
+    while (x < visible_nc - 7) x += 8;
+    return x;
+}
+
+#define KERNEL(name) name##_baseline
+#include "_fhog_kernels.h"
+#undef KERNEL
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_AVX2_KERNELS 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define KERNEL(name) name##_avx2
+#include "_fhog_kernels.h"
+#undef KERNEL
+#pragma GCC pop_options
+#endif
+
+typedef struct {
+    const char *name;
+    void (*resize_bilinear)(const Grey *, Grey *);
+    void (*gradient_row)(const Grey *, int, int, float *, int *, float *, float *, float *);
+    void (*vote_row)(float *, int, int, int, int, const float *, const int *, const int *, const float *);
+    void (*filter_separable)(const float *, int, int, const float *, int, const float *, int, float *,
+                             float *, int);
+} Kernels;
+
+static Kernels kernels = {"baseline", resize_bilinear_baseline, gradient_row_baseline, vote_row_baseline,
+                          filter_separable_baseline};
+
+static void choose_kernels(void) {
+#ifdef HAVE_AVX2_KERNELS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        const Kernels avx2 = {"avx2+fma", resize_bilinear_avx2, gradient_row_avx2, vote_row_avx2,
+                              filter_separable_avx2};
+        kernels = avx2;
+    }
+#endif
+}
+
+/* -- FHOG ------------------------------------------------------------------------------ */
+
+/* Four lanes summed as dlib's simd4f sum() does with SSE3/SSE4.1: pairs first. */
+static inline float lane_sum(const float v[4]) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+static inline float min_float(float a, float b) { return a < b ? a : b; }
+
+/* The 31 features of every cell from the histograms and their block energies. */
+static void cell_features(const float *hist, int hist_nc, const float *norm, int cells_nc,
+                          int hog_nr, int hog_nc, int pad_r, int pad_c, Fhog *out) {
+    const size_t plane = (size_t)out->nr * out->nc;
+    const float eps = 0.0001f;
+#define NORM(r, c) norm[(size_t)(r) * cells_nc + (c)]
+    for (int y = 0; y < hog_nr; ++y) {
+        const int yy = y + (pad_r - 1) / 2;
+        for (int x = 0; x < hog_nc; ++x) {
+            const int xx = x + (pad_c - 1) / 2;
+            const float z1[4] = {NORM(y + 1, x + 1), NORM(y, x + 1), NORM(y + 1, x), NORM(y, x)};
+            const float z2[4] = {NORM(y + 1, x + 2), NORM(y, x + 2), NORM(y + 1, x + 1), NORM(y, x + 1)};
+            const float z3[4] = {NORM(y + 2, x + 1), NORM(y + 1, x + 1), NORM(y + 2, x), NORM(y + 1, x)};
+            const float z4[4] = {NORM(y + 2, x + 2), NORM(y + 1, x + 2), NORM(y + 2, x + 1), NORM(y + 1, x + 1)};
+            float nn[4], n[4], t[4] = {0, 0, 0, 0};
+            for (int i = 0; i < 4; ++i) {
+                nn[i] = 0.2f * sqrtf(z1[i] + z2[i] + z3[i] + z4[i] + eps);
+                n[i] = 0.1f / nn[i];
+            }
+            const float *h = hist + ((size_t)(y + 2) * hist_nc + (x + 2)) * BINS;
+            float *dst = out->data + (size_t)yy * out->nc + xx;
+            for (int o = 0; o < BINS; o += 3) {
+                float h0[4], h1[4], h2[4];
+                for (int i = 0; i < 4; ++i) {
+                    h0[i] = min_float(h[o], nn[i]) * n[i];
+                    h1[i] = min_float(h[o + 1], nn[i]) * n[i];
+                    h2[i] = min_float(h[o + 2], nn[i]) * n[i];
+                    t[i] += (h0[i] + h1[i]) + h2[i];
+                }
+                dst[o * plane] = lane_sum(h0);
+                dst[(o + 1) * plane] = lane_sum(h1);
+                dst[(o + 2) * plane] = lane_sum(h2);
+            }
+            for (int o = 0; o < 9; ++o) {
+                const float both = h[o] + h[o + 9];
+                float s[4];
+                for (int i = 0; i < 4; ++i) s[i] = min_float(both, nn[i]) * n[i];
+                dst[(o + 18) * plane] = lane_sum(s);
+            }
+            for (int i = 0; i < 4; ++i) dst[(27 + i) * plane] = t[i] * (float)(2 * 0.2357);
+        }
+    }
+#undef NORM
+}
+
+/* The x half of each pixel's bilinear vote: the left cell's histogram column and the
+ * fraction going right, as dlib's eight-wide loop and its scalar tail compute them. */
+static void column_weights(int cell, int visible_nc, int *column_cell, float *column_frac) {
+    const int simd_end = simd_columns_end(visible_nc);
+    for (int x = 1; x < visible_nc; ++x) {
+        if (x < simd_end) {
+            const float xp = ((float)x + 0.5f) / (float)cell + 0.5f;
+            column_cell[x] = (int)xp;
+            column_frac[x] = xp - (float)column_cell[x];
+        } else {
+            const float xp = (float)((x + 0.5) / (double)cell - 0.5);
+            const int ixp = (int)floorf(xp);
+            column_cell[x] = ixp + 1;
+            column_frac[x] = xp - (float)ixp;
+        }
+    }
+}
+
+/* dlib's impl_extract_fhog_features for a grey image and filter padding (pad_r, pad_c):
+ * planes of (cells - 2 + pad - 1) with a zero border.  Returns 0 when out of memory; an
+ * image too small for features gives nr = nc = 0. */
+static int extract_fhog(const Grey *img, int cell, int pad_r, int pad_c, Fhog *out) {
+    out->nr = out->nc = 0;
+    out->data = NULL;
+    const int cells_nr = (int)((float)img->nr / (float)cell + 0.5f);
+    const int cells_nc = (int)((float)img->nc / (float)cell + 0.5f);
+    const int hog_nr = cells_nr - 2, hog_nc = cells_nc - 2;
+    if (cells_nr <= 0 || cells_nc <= 0 || hog_nr <= 0 || hog_nc <= 0) return 1;
+
+    const int hist_nc = cells_nc + 2;
+    float *hist = (float *)calloc((size_t)(cells_nr + 2) * hist_nc * BINS, sizeof(float));
+    float *norm = (float *)calloc((size_t)cells_nr * cells_nc, sizeof(float));
+    float *length = (float *)malloc(sizeof(float) * 5 * ((size_t)img->nc + 8));
+    int *bin = (int *)malloc(sizeof(int) * 2 * ((size_t)img->nc + 8));
+    const int nr = hog_nr + pad_r - 1, nc = hog_nc + pad_c - 1;
+    float *data = (float *)calloc((size_t)PLANES * nr * nc, sizeof(float));
+    int ok = hist && norm && length && bin && data;
+    if (ok) {
+        const int visible_nr = (cells_nr * cell < img->nr ? cells_nr * cell : img->nr) - 1;
+        const int visible_nc = (cells_nc * cell < img->nc ? cells_nc * cell : img->nc) - 1;
+        const size_t row = (size_t)img->nc + 8;
+        float *gx = length + row, *gy = gx + row, *best = gy + row, *column_frac = best + row;
+        int *column_cell = bin + row;
+        column_weights(cell, visible_nc, column_cell, column_frac);
+        for (int y = 1; y < visible_nr; ++y) {
+            kernels.gradient_row(img, y, visible_nc, length, bin, gx, gy, best);
+            kernels.vote_row(hist, hist_nc, cell, y, visible_nc, length, bin, column_cell, column_frac);
+        }
+        for (int r = 0; r < cells_nr; ++r) {
+            for (int c = 0; c < cells_nc; ++c) {
+                const float *h = hist + ((size_t)(r + 1) * hist_nc + (c + 1)) * BINS;
+                float energy = 0;
+                for (int o = 0; o < 9; ++o) energy += (h[o] + h[o + 9]) * (h[o] + h[o + 9]);
+                norm[(size_t)r * cells_nc + c] = energy;
+            }
+        }
+        out->nr = nr, out->nc = nc, out->data = data;
+        cell_features(hist, hist_nc, norm, cells_nc, hog_nr, hog_nc, pad_r, pad_c, out);
+    } else {
+        free(data);
+    }
+    free(hist), free(norm), free(length), free(bin);
+    return ok;
+}
+
+/* -- filtering ------------------------------------------------------------------------- */
+
+/* -- the scan -------------------------------------------------------------------------- */
+
+typedef struct {
+    int detectors, filter_nr, filter_nc;
+    const float *bank;      /* per detector, per plane: count pairs of (row, col) filters */
+    const int32_t *counts;  /* detectors * PLANES */
+    const double *thresholds;
+} Bank;
+
+typedef struct {
+    double confidence;
+    int detector, level, row, col;
+} Hit;
+
+typedef struct {
+    Hit *items;
+    size_t size, capacity;
+} Hits;
+
+static int hits_add(Hits *hits, Hit hit) {
+    if (hits->size == hits->capacity) {
+        const size_t capacity = hits->capacity ? hits->capacity * 2 : 64;
+        Hit *items = (Hit *)realloc(hits->items, capacity * sizeof(Hit));
+        if (!items) return 0;
+        hits->items = items, hits->capacity = capacity;
+    }
+    hits->items[hits->size++] = hit;
+    return 1;
+}
+
+/* Every detector's windows over one level's features whose score reaches its threshold. */
+static int scan_level(const Fhog *feats, const Bank *bank, int level, float *score, float *scratch,
+                      Hits *hits) {
+    const size_t plane = (size_t)feats->nr * feats->nc;
+    const int first_row = bank->filter_nr / 2, first_col = bank->filter_nc / 2;
+    const int last_row = feats->nr - (bank->filter_nr - 1) / 2;
+    const int last_col = feats->nc - (bank->filter_nc - 1) / 2;
+    const float *filter = bank->bank;
+    for (int d = 0; d < bank->detectors; ++d) {
+        int first = 1;
+        for (int p = 0; p < PLANES; ++p) {
+            for (int k = 0; k < bank->counts[d * PLANES + p]; ++k) {
+                const float *row = filter, *col = filter + bank->filter_nc;
+                filter += bank->filter_nc + bank->filter_nr;
+                if (feats->nr < bank->filter_nr || feats->nc < bank->filter_nc) continue;
+                kernels.filter_separable(feats->data + p * plane, feats->nr, feats->nc, row, bank->filter_nc,
+                                 col, bank->filter_nr, scratch, score, first);
+                first = 0;
+            }
+        }
+        if (first) continue; /* no filters, or features too small: dlib finds nothing */
+        const double thresh = bank->thresholds[d];
+        for (int r = first_row; r < last_row; ++r) {
+            const float *line = score + (size_t)r * feats->nc;
+            for (int c = first_col; c < last_col; ++c) {
+                if (line[c] >= thresh) {
+                    const Hit hit = {line[c] - thresh, d, level, r, c};
+                    if (!hits_add(hits, hit)) return 0;
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+/* The whole pyramid: level 0 is img, each next one 5/6 of the last (dlib's pyramid_down<6>). */
+static int scan_pyramid(Grey *img, int levels, int cell, const Bank *bank, Hits *hits) {
+    int ok = 1;
+    Grey level_img = *img, next = {0, 0, NULL};
+    for (int l = 0; l < levels && ok; ++l) {
+        if (l > 0) {
+            if (!grey_alloc(&next, (int)((5L * level_img.nr) / 6), (int)((5L * level_img.nc) / 6))) {
+                ok = 0;
+                break;
+            }
+            if (next.nr > 0 && next.nc > 0) kernels.resize_bilinear(&level_img, &next);
+            if (level_img.px != img->px) free(level_img.px);
+            level_img = next;
+        }
+        Fhog feats;
+        if (!extract_fhog(&level_img, cell, bank->filter_nr, bank->filter_nc, &feats)) {
+            ok = 0;
+            break;
+        }
+        if (feats.data) {
+            const size_t plane = (size_t)feats.nr * feats.nc;
+            float *score = (float *)calloc(plane, sizeof(float));
+            float *scratch = (float *)calloc(plane, sizeof(float));
+            ok = score && scratch && scan_level(&feats, bank, l, score, scratch, hits);
+            free(score), free(scratch), free(feats.data);
+        }
+    }
+    if (level_img.px != img->px) free(level_img.px);
+    return ok;
+}
+
+static int buffer_of(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return 0;
+    if (view->len != bytes) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zd", what, view->len, bytes);
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(scan_doc,
+    "scan(image, nr, nc, scan_nr, scan_nc, levels, cell, detectors, filter_nr, filter_nc,\n"
+    "     bank, counts, thresholds) -> list of (confidence, detector, level, row, col)\n\n"
+    "image: nr*nc grey bytes, resized to scan_nr*scan_nc first when those differ.\n"
+    "bank: float32 (row, col) filter pairs, per detector per plane; counts: int32 pairs per\n"
+    "detector and plane; thresholds: float64 per detector.");
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *image_obj, *bank_obj, *counts_obj, *thresholds_obj;
+    int nr, nc, scan_nr, scan_nc, levels, cell, detectors, filter_nr, filter_nc;
+    if (!PyArg_ParseTuple(args, "OiiiiiiiiiOOO", &image_obj, &nr, &nc, &scan_nr, &scan_nc, &levels,
+                          &cell, &detectors, &filter_nr, &filter_nc, &bank_obj, &counts_obj,
+                          &thresholds_obj))
+        return NULL;
+    if (nr <= 0 || nc <= 0 || scan_nr <= 0 || scan_nc <= 0 || cell <= 0 || detectors <= 0 ||
+        filter_nr <= 0 || filter_nc <= 0 || levels < 0) {
+        PyErr_SetString(PyExc_ValueError, "sizes, cell, detectors and filters must be positive");
+        return NULL;
+    }
+    Py_buffer image, bank_view, counts, thresholds;
+    if (!buffer_of(image_obj, &image, (Py_ssize_t)nr * nc, "image")) return NULL;
+    if (!buffer_of(counts_obj, &counts, (Py_ssize_t)detectors * PLANES * 4, "counts")) {
+        PyBuffer_Release(&image);
+        return NULL;
+    }
+    Py_ssize_t pairs = 0;
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)detectors * PLANES; ++i) {
+        const int32_t count = ((const int32_t *)counts.buf)[i];
+        pairs += count < 0 ? 0 : count;
+    }
+    if (!buffer_of(bank_obj, &bank_view, pairs * (filter_nr + filter_nc) * 4, "bank")) {
+        PyBuffer_Release(&image), PyBuffer_Release(&counts);
+        return NULL;
+    }
+    if (!buffer_of(thresholds_obj, &thresholds, (Py_ssize_t)detectors * 8, "thresholds")) {
+        PyBuffer_Release(&image), PyBuffer_Release(&counts), PyBuffer_Release(&bank_view);
+        return NULL;
+    }
+    const Bank bank = {detectors, filter_nr, filter_nc, (const float *)bank_view.buf,
+                       (const int32_t *)counts.buf, (const double *)thresholds.buf};
+    Hits hits = {NULL, 0, 0};
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    Grey source = {nr, nc, (uint8_t *)image.buf}, scanned = source;
+    if (scan_nr != nr || scan_nc != nc) {
+        ok = grey_alloc(&scanned, scan_nr, scan_nc);
+        if (ok) kernels.resize_bilinear(&source, &scanned);
+    }
+    ok = ok && scan_pyramid(&scanned, levels, cell, &bank, &hits);
+    if (scanned.px != source.px) free(scanned.px);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&image), PyBuffer_Release(&counts), PyBuffer_Release(&bank_view);
+    PyBuffer_Release(&thresholds);
+    if (!ok) {
+        free(hits.items);
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyList_New((Py_ssize_t)hits.size);
+    for (size_t i = 0; result && i < hits.size; ++i) {
+        const Hit *hit = &hits.items[i];
+        PyObject *item = Py_BuildValue("(diiii)", hit->confidence, hit->detector, hit->level, hit->row,
+                                       hit->col);
+        if (!item) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, (Py_ssize_t)i, item);
+    }
+    free(hits.items);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "scanpixd.models._fhog",
+    "Native FHOG pyramid scanning with dlib's detector arithmetic (see scanpixd.models.hog).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fhog(void) {
+    choose_kernels();
+    PyObject *mod = PyModule_Create(&module);
+    if (mod && PyModule_AddStringConstant(mod, "KERNELS", kernels.name) < 0) Py_CLEAR(mod);
+    return mod;
+}
