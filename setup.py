@@ -12,8 +12,9 @@ setup(
             "scanpixd.models._fhog",
             sources=["scanpixd/models/_fhog.c"],
             depends=["scanpixd/models/_fhog_kernels.h"],
-            # dlib's arithmetic is kept exactly (no fused multiply-adds) outside the filters
-            extra_compile_args=["-O3", "-ffp-contract=off"],
+            # dlib's arithmetic is kept exactly (no fused multiply-adds) outside the filters;
+            # Python's own -fwrapv stops the filter loops vectorising (1.9x slower scans)
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-wrapv"],
             optional=True,
         )
     ],

@@ -14,11 +14,14 @@ Run ``python -m benchmarks.bench_faces``.  Prints:
   picture enlarged to 1536 px, and with two worker processes, against a naive reference
   measured in the same run: full decode and detection at full resolution, one process
   (what a plain face_recognition loop does).  The largest corpus photos are used;
+* ms of CPU per photo of the HOG scan, native (``scanpixd.models.hog``) against dlib's own,
+  in turns on the same greyscale working images at the stage's settings (1024 px, upsample
+  1), with how many photos' detections differ;
 * ms of CPU per face of dlib's own encoder and of the numpy one (``face_resnet``) on the
   same faces of every distinct corpus photo, in turns in one run, with how far apart their
   encodings are, the load times, and the numpy encoder in two threads at once.
 
-``python -m benchmarks.bench_faces encoder`` runs only the last part (~30 s).
+``python -m benchmarks.bench_faces encoder`` or ``scan`` runs only that part (~30 s each).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from scanpixd.config import FaceSettings, Settings
-from scanpixd.models import face_resnet
+from scanpixd.models import face_resnet, hog
 from scanpixd.models.faces import FaceModel, model_directory
 from scanpixd.people import People, face_ref
 from scanpixd.store import Store
@@ -277,12 +280,46 @@ def _concurrent(encoder: Any, faces: list[tuple[np.ndarray, Any]], count: int) -
     print(f"  2 threads vs 1: {rates[1] / rates[0]:.2f}x faces/s")
 
 
+# -- the HOG scan ----------------------------------------------------------------------
+def scans() -> None:
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    scanner = hog.native_scanner(detector)
+    if scanner is None:
+        print("scan: the native HOG scan is not built; nothing to compare")
+        return
+    pictures = [np.asarray(working_image(path).convert("L")) for path in _files()]
+    spent = {"dlib": [], "native": []}
+    differ = 0
+    for _ in range(ROUNDS):
+        for name, run in (("dlib", detector.run), ("native", scanner.run)):
+            cpu = time.process_time()
+            for pixels in pictures:
+                run(pixels, 1, 0.0)
+            spent[name].append(time.process_time() - cpu)
+    for pixels in pictures:
+        rects, scores, _ = detector.run(pixels, 1, 0.0)
+        boxes, ours, _ = scanner.run(pixels, 1, 0.0)
+        theirs = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+        differ += theirs != boxes or not np.allclose(scores, ours, atol=1e-4)
+    dlib_ms, native_ms = (1000 * min(spent[k]) / len(pictures) for k in ("dlib", "native"))
+    print(f"scan: {len(pictures)} photos at 1024 px, upsample 1, best of {ROUNDS} turns, "
+          f"kernels {hog.kernels()}, load average {os.getloadavg()[0]:.2f}")
+    print(f"  ms CPU per photo: dlib {dlib_ms:.0f}, native {native_ms:.0f} "
+          f"({native_ms / dlib_ms:.2f}x dlib); photos whose detections differ: {differ}")
+
+
 def main() -> None:
     np.set_printoptions(precision=3)
-    if sys.argv[1:] != ["encoder"]:
+    part = sys.argv[1:]
+    if not part:
         clustering()
         throughput()
-    encoders()
+    if part in ([], ["scan"]):
+        scans()
+    if part in ([], ["encoder"]):
+        encoders()
 
 
 if __name__ == "__main__":

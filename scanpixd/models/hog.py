@@ -190,9 +190,9 @@ class HogScanner:
     def _levels(self, rows: int, cols: int) -> int:
         """dlib's create_fhog_pyramid: levels until one is smaller than the minimum."""
         saved, levels = self.saved, 0
-        rect = (0.0, 0.0, cols - 1.0, rows - 1.0)
+        rect = [0.0, 0.0, cols - 1.0, rows - 1.0]
         while True:
-            rect = tuple(float(_lround((v - 0.3) * _DOWN)) for v in rect)
+            rect = [float(_lround((v - 0.3) * _DOWN)) for v in rect]
             levels += 1
             width, height = rect[2] - rect[0] + 1, rect[3] - rect[1] + 1
             if not (width >= saved.min_level_width and height >= saved.min_level_height
@@ -254,6 +254,16 @@ def _overlaps(a: Box, b: Box, iou: float, covered: float) -> bool:
         return False
     outer = _area((min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])))
     return inner / outer > iou or inner / _area(a) > covered or inner / _area(b) > covered
+
+
+def kernels() -> str:
+    """Which inner loops the native scan runs on this CPU ("avx2+fma", "baseline"), or
+    "not built"."""
+    try:
+        from scanpixd.models import _fhog
+    except ImportError:
+        return "not built"
+    return _fhog.KERNELS
 
 
 def native_scanner(detector: Any) -> HogScanner | None:
