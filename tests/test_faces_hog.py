@@ -3,6 +3,8 @@ clear refusals of what it cannot read."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from scanpixd.config import FaceSettings
-from scanpixd.models import _fhog
+from scanpixd.models import _fhog, hog
 from scanpixd.models.faces import FaceModel
 from scanpixd.models.hog import PLANES, DetectorFormatError, HogScanner, SavedDetector, native_scanner
 from tests.helpers_faces import CORPORA, TRUTH, corpus, working_image
@@ -177,3 +179,15 @@ def test_the_face_model_scans_natively_and_finds_what_dlib_finds() -> None:
     assert [f.box for f in native] == [f.box for f in by_dlib_scan]
     assert [f.score for f in native] == pytest.approx([f.score for f in by_dlib_scan], abs=1e-4)
     assert np.allclose([f.encoding for f in native], [f.encoding for f in by_dlib_scan])
+
+
+def test_without_the_native_module_or_a_temporary_folder_dlib_scans(
+        dlib_detector: dlib.fhog_object_detector, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "scanpixd.models._fhog", None)  # as where it was not built
+        assert native_scanner(dlib_detector) is None
+        assert hog.kernels() == "not built"
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+        assert native_scanner(dlib_detector) is None
+    assert native_scanner(dlib_detector) is not None

@@ -14,6 +14,7 @@ this module does not know, :func:`native_scanner` answers None and dlib scans as
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import tempfile
@@ -256,30 +257,38 @@ def _overlaps(a: Box, b: Box, iou: float, covered: float) -> bool:
     return inner / outer > iou or inner / _area(a) > covered or inner / _area(b) > covered
 
 
+def _native() -> Any:
+    """The built extension module, or None (logged) where it was not built."""
+    try:
+        return importlib.import_module("scanpixd.models._fhog")
+    except ImportError as exc:
+        log.info("native HOG scan not built (%s): dlib scans faces", exc)
+        return None
+
+
 def kernels() -> str:
     """Which inner loops the native scan runs on this CPU ("avx2+fma", "baseline"), or
     "not built"."""
-    try:
-        from scanpixd.models import _fhog
-    except ImportError:
-        return "not built"
-    return _fhog.KERNELS
+    native = _native()
+    return "not built" if native is None else str(native.KERNELS)
 
 
 def native_scanner(detector: Any) -> HogScanner | None:
     """A native scanner with ``detector``'s weights (a dlib ``fhog_object_detector``), or None
     where the native module or the detector's format is not there: dlib scans then."""
-    try:
-        from scanpixd.models import _fhog
-    except ImportError as exc:
-        log.info("native HOG scan not built (%s): dlib scans faces", exc)
+    native = _native()
+    if native is None:
         return None
-    with tempfile.TemporaryDirectory(prefix="scanpixd-hog-") as tmp:
-        path = Path(tmp) / "detector.svm"
-        detector.save(str(path))
-        data = path.read_bytes()
     try:
-        return HogScanner(SavedDetector.parse(data), _fhog)
+        with tempfile.TemporaryDirectory(prefix="scanpixd-hog-") as tmp:
+            path = Path(tmp) / "detector.svm"
+            detector.save(str(path))
+            data = path.read_bytes()
+    except (OSError, RuntimeError) as exc:  # no room in the temporary folder, say
+        log.warning("could not read dlib's face detector for the native scan (%s): dlib scans faces", exc)
+        return None
+    try:
+        return HogScanner(SavedDetector.parse(data), native)
     except DetectorFormatError as exc:
         log.warning("dlib's face detector is in a format the native scan does not know (%s): "
                     "dlib scans faces", exc)
