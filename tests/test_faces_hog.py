@@ -98,6 +98,21 @@ def test_faces_match_dlib_on_the_face_corpus(dlib_detector: dlib.fhog_object_det
 
 
 @pytest.mark.slow
+def test_the_baseline_kernels_match_dlib_too(dlib_detector: dlib.fhog_object_detector,
+                                             scanner: HogScanner) -> None:
+    fastest = _fhog.KERNELS
+    assert _fhog.set_kernels(True) == "baseline"  # what CPUs without AVX2 and FMA run
+    try:
+        for rel in list(TRUTH)[::4]:
+            for upsample, adjust in ((0, -0.6), (1, 0.0)):
+                pixels = grey(corpus() / rel, 400)
+                assert_same(scanner.run(pixels, upsample, adjust),
+                            by_dlib(dlib_detector, pixels, upsample, adjust), rel)
+    finally:
+        assert _fhog.set_kernels(False) == fastest
+
+
+@pytest.mark.slow
 def test_photos_without_faces_give_dlibs_weak_windows(dlib_detector: dlib.fhog_object_detector,
                                                       scanner: HogScanner) -> None:
     found = 0

@@ -51,6 +51,13 @@ static int grey_alloc(Grey *img, int nr, int nc) {
 static const float DIR_X[9] = {1.0000f, 0.9397f, 0.7660f, 0.500f, 0.1736f, -0.1736f, -0.5000f, -0.7660f, -0.9397f};
 static const float DIR_Y[9] = {0.0000f, 0.3420f, 0.6428f, 0.8660f, 0.9848f, 0.9848f, 0.8660f, 0.6428f, 0.3420f};
 
+/* One input row's pixels at each output column's left and right neighbours, as floats:
+ * kept for the two rows in use, since each input row serves several output rows. */
+typedef struct {
+    long row[2];
+    float *pixels[2]; /* simd_end lefts, then simd_end rights */
+} Gathered;
+
 /* Where dlib's eight-wide loop over a row of pixels, from x = 1, stops. */
 static inline int simd_columns_end(int visible_nc) {
     int x = 1;
@@ -66,32 +73,39 @@ static inline int simd_columns_end(int visible_nc) {
 #define HAVE_AVX2_KERNELS 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#include <immintrin.h>
 #define KERNEL(name) name##_avx2
+#define KERNEL_AVX2 1
 #include "_fhog_kernels.h"
+#undef KERNEL_AVX2
 #undef KERNEL
 #pragma GCC pop_options
 #endif
 
 typedef struct {
     const char *name;
-    void (*resize_bilinear)(const Grey *, Grey *);
+    int (*resize_bilinear)(const Grey *, Grey *);
     void (*gradient_row)(const Grey *, int, int, float *, int *, float *, float *, float *);
     void (*vote_row)(float *, int, int, int, int, const float *, const int *, const int *, const float *);
     void (*filter_separable)(const float *, int, int, const float *, int, const float *, int, float *,
                              float *, int);
 } Kernels;
 
-static Kernels kernels = {"baseline", resize_bilinear_baseline, gradient_row_baseline, vote_row_baseline,
-                          filter_separable_baseline};
+static Kernels kernels;
 
-static void choose_kernels(void) {
+static const Kernels baseline = {"baseline", resize_bilinear_baseline, gradient_row_baseline,
+                                 vote_row_baseline, filter_separable_baseline};
+#ifdef HAVE_AVX2_KERNELS
+static const Kernels avx2 = {"avx2+fma", resize_bilinear_avx2, gradient_row_avx2, vote_row_avx2,
+                             filter_separable_avx2};
+#endif
+
+/* The fastest kernels this CPU runs, or the baseline ones when `baseline` is set. */
+static void choose_kernels(int baseline_only) {
+    kernels = baseline;
 #ifdef HAVE_AVX2_KERNELS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        const Kernels avx2 = {"avx2+fma", resize_bilinear_avx2, gradient_row_avx2, vote_row_avx2,
-                              filter_separable_avx2};
-        kernels = avx2;
-    }
+    if (!baseline_only && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kernels = avx2;
 #endif
 }
 
@@ -289,7 +303,11 @@ static int scan_pyramid(Grey *img, int levels, int cell, const Bank *bank, Hits 
                 ok = 0;
                 break;
             }
-            if (next.nr > 0 && next.nc > 0) kernels.resize_bilinear(&level_img, &next);
+            if (next.nr > 0 && next.nc > 0 && !kernels.resize_bilinear(&level_img, &next)) {
+                free(next.px);
+                ok = 0;
+                break;
+            }
             if (level_img.px != img->px) free(level_img.px);
             level_img = next;
         }
@@ -366,8 +384,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     Grey source = {nr, nc, (uint8_t *)image.buf}, scanned = source;
     if (scan_nr != nr || scan_nc != nc) {
-        ok = grey_alloc(&scanned, scan_nr, scan_nc);
-        if (ok) kernels.resize_bilinear(&source, &scanned);
+        ok = grey_alloc(&scanned, scan_nr, scan_nc) && kernels.resize_bilinear(&source, &scanned);
     }
     ok = ok && scan_pyramid(&scanned, levels, cell, &bank, &hits);
     if (scanned.px != source.px) free(scanned.px);
@@ -393,8 +410,22 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     return result;
 }
 
+PyDoc_STRVAR(set_kernels_doc,
+    "set_kernels(baseline_only: bool) -> str\n\n"
+    "Scan with the baseline inner loops only (True) or the fastest this CPU runs (False);\n"
+    "answers the kernels now in use.  Scans must not be running.");
+
+static PyObject *set_kernels(PyObject *self, PyObject *arg) {
+    const int baseline_only = PyObject_IsTrue(arg);
+    if (baseline_only < 0) return NULL;
+    choose_kernels(baseline_only);
+    if (PyModule_AddStringConstant(self, "KERNELS", kernels.name) < 0) return NULL;
+    return PyUnicode_FromString(kernels.name);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"set_kernels", set_kernels, METH_O, set_kernels_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -405,7 +436,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fhog(void) {
-    choose_kernels();
+    choose_kernels(0);
     PyObject *mod = PyModule_Create(&module);
     if (mod && PyModule_AddStringConstant(mod, "KERNELS", kernels.name) < 0) Py_CLEAR(mod);
     return mod;

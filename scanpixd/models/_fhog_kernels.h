@@ -2,56 +2,89 @@
  * The inner loops of _fhog.c, compiled twice (for AVX2 + FMA and for the baseline) and
  * chosen at import by what the CPU has.  KERNEL(name) gives each copy its own names.
  */
-/* dlib's resize_image(grey, grey, interpolate_bilinear): four lanes in float stepping along
- * the row, then the right edge pixel by pixel in double; rounding to the nearest byte. */
-static void KERNEL(resize_bilinear)(const Grey *in, Grey *out) {
+static const float *KERNEL(gathered_row)(Gathered *g, const Grey *in, long row, long keep,
+                                         const int *left, int simd_end) {
+    for (int i = 0; i < 2; ++i)
+        if (g->row[i] == row) return g->pixels[i];
+    const int slot = g->row[0] == keep ? 1 : 0;
+    const uint8_t *src = in->px + (size_t)row * in->nc;
+    float *dst = g->pixels[slot];
+    for (int c = 0; c < simd_end; ++c) {
+        dst[c] = src[left[c]];
+        dst[simd_end + c] = src[left[c] + 1];
+    }
+    g->row[slot] = row;
+    return dst;
+}
+
+/* dlib's resize_image(grey, grey, interpolate_bilinear): columns stepped four lanes at a
+ * time in float (the same for every row, so worked out once), then the right edge pixel
+ * by pixel in double; rounding to the nearest byte there, truncating at the edge.
+ * Returns 0 when out of memory. */
+static int KERNEL(resize_bilinear)(const Grey *in, Grey *out) {
     const double x_scale = (in->nc - 1) / (double)(out->nc - 1 > 1 ? out->nc - 1 : 1);
     const double y_scale = (in->nr - 1) / (double)(out->nr - 1 > 1 ? out->nr - 1 : 1);
+    int *left = (int *)malloc(sizeof(int) * ((size_t)out->nc + 4));
+    float *frac = (float *)malloc(sizeof(float) * ((size_t)out->nc + 4));
+    float *pixels = (float *)malloc(sizeof(float) * 4 * ((size_t)out->nc + 4));
+    if (!left || !frac || !pixels) {
+        free(left), free(frac), free(pixels);
+        return 0;
+    }
+    int simd_end = 0;
+    {
+        const float step = (float)(4 * x_scale);
+        const double x = -4 * x_scale;
+        float lane[4];
+        for (int i = 0; i < 4; ++i) lane[i] = (float)(x + i * x_scale);
+        for (;; simd_end += 4) {
+            int lefts[4];
+            for (int i = 0; i < 4; ++i) {
+                lane[i] += step;
+                lefts[i] = (int)lane[i];
+            }
+            if (lefts[3] + 1 >= in->nc || simd_end + 4 > out->nc + 4) break;
+            for (int i = 0; i < 4; ++i) {
+                left[simd_end + i] = lefts[i];
+                frac[simd_end + i] = lane[i] - (float)lefts[i];
+            }
+        }
+    }
+    Gathered gathered = {{-1, -1}, {pixels, pixels + 2 * ((size_t)out->nc + 4)}};
     double y = -y_scale;
     for (int r = 0; r < out->nr; ++r) {
         y += y_scale;
         const long top = (long)floor(y);
         const long bottom = top + 1 < in->nr - 1 ? top + 1 : in->nr - 1;
         const double tb_frac = y - top;
+        const float *t = KERNEL(gathered_row)(&gathered, in, top, bottom, left, simd_end);
+        const float *b = KERNEL(gathered_row)(&gathered, in, bottom, top, left, simd_end);
+        uint8_t *restrict dst = out->px + (size_t)r * out->nc;
+        const float tb = (float)tb_frac, inv_tb = (float)(1 - tb_frac);
+        for (int c = 0; c < simd_end; ++c) {
+            const float inv_lr = 1 - frac[c];
+            const float tlf = inv_tb * inv_lr, trf = inv_tb * frac[c];
+            const float blf = tb * inv_lr, brf = tb * frac[c];
+            float value = tlf * t[c] + trf * t[simd_end + c];
+            value = value + blf * b[c];
+            value = value + brf * b[simd_end + c];
+            dst[c] = (uint8_t)(int)(value + 0.5f);
+        }
         const uint8_t *row_t = in->px + (size_t)top * in->nc;
         const uint8_t *row_b = in->px + (size_t)bottom * in->nc;
-        uint8_t *dst = out->px + (size_t)r * out->nc;
-        const float tb = (float)tb_frac, inv_tb = (float)(1 - tb_frac);
-        const float step = (float)(4 * x_scale);
-        double x = -4 * x_scale;
-        float lane[4];
-        for (int i = 0; i < 4; ++i) lane[i] = (float)(x + i * x_scale);
-        long c = 0;
-        for (;; c += 4) {
-            int left[4];
-            float frac[4];
-            for (int i = 0; i < 4; ++i) {
-                lane[i] += step;
-                left[i] = (int)lane[i];
-                frac[i] = lane[i] - (float)left[i];
-            }
-            if (left[3] + 1 >= in->nc) break;
-            for (int i = 0; i < 4; ++i) {
-                const float inv_lr = 1 - frac[i];
-                const float tlf = inv_tb * inv_lr, trf = inv_tb * frac[i];
-                const float blf = tb * inv_lr, brf = tb * frac[i];
-                float value = tlf * row_t[left[i]] + trf * row_t[left[i] + 1];
-                value = value + blf * row_b[left[i]];
-                value = value + brf * row_b[left[i] + 1];
-                dst[c + i] = (uint8_t)(value + 0.5f);
-            }
-        }
-        x = -x_scale + c * x_scale;
-        for (; c < out->nc; ++c) {
+        double x = -x_scale + simd_end * x_scale;
+        for (int c = simd_end; c < out->nc; ++c) {
             x += x_scale;
-            const long left = (long)floor(x);
-            const long right = left + 1 < in->nc - 1 ? left + 1 : in->nc - 1;
-            const float lr_frac = (float)(x - left);
-            const float value = (float)((1 - tb_frac) * ((1 - lr_frac) * row_t[left] + lr_frac * row_t[right]) +
-                                        tb_frac * ((1 - lr_frac) * row_b[left] + lr_frac * row_b[right]));
+            const long l = (long)floor(x);
+            const long right = l + 1 < in->nc - 1 ? l + 1 : in->nc - 1;
+            const float lr_frac = (float)(x - l);
+            const float value = (float)((1 - tb_frac) * ((1 - lr_frac) * row_t[l] + lr_frac * row_t[right]) +
+                                        tb_frac * ((1 - lr_frac) * row_b[l] + lr_frac * row_b[right]));
             dst[c] = value < 0 ? 0 : value > 255 ? 255 : (uint8_t)value; /* dlib truncates here */
         }
     }
+    free(left), free(frac), free(pixels);
+    return 1;
 }
 
 /* One row of pixels: gradient length and orientation bin (0..17) for x in [1, visible_nc),
@@ -63,7 +96,33 @@ static void KERNEL(gradient_row)(const Grey *img, int y, int visible_nc, float *
                                  float *restrict best) {
     const uint8_t *mid = img->px + (size_t)y * img->nc;
     const uint8_t *up = mid - img->nc, *down = mid + img->nc;
-    for (int x = 1; x < visible_nc; ++x) {
+    int start = 1;
+#ifdef KERNEL_AVX2
+    /* eight pixels at a time with the orientation search in registers, as dlib's simd8f */
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (; start + 8 <= visible_nc; start += 8) {
+#define BYTES(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+        const __m256 dx = _mm256_cvtepi32_ps(_mm256_sub_epi32(BYTES(mid + start + 1), BYTES(mid + start - 1)));
+        const __m256 dy = _mm256_cvtepi32_ps(_mm256_sub_epi32(BYTES(down + start), BYTES(up + start)));
+#undef BYTES
+        __m256 top = _mm256_setzero_ps(), top_o = _mm256_setzero_ps();
+        for (int o = 0; o < 9; ++o) {
+            const __m256 dot = _mm256_add_ps(_mm256_mul_ps(dx, _mm256_set1_ps(DIR_X[o])),
+                                             _mm256_mul_ps(dy, _mm256_set1_ps(DIR_Y[o])));
+            __m256 above = _mm256_cmp_ps(dot, top, _CMP_GT_OQ);
+            top = _mm256_blendv_ps(top, dot, above);
+            top_o = _mm256_blendv_ps(top_o, _mm256_set1_ps((float)o), above);
+            const __m256 negated = _mm256_xor_ps(dot, sign);
+            above = _mm256_cmp_ps(negated, top, _CMP_GT_OQ);
+            top = _mm256_blendv_ps(top, negated, above);
+            top_o = _mm256_blendv_ps(top_o, _mm256_set1_ps((float)(o + 9)), above);
+        }
+        _mm256_storeu_ps(length + start,
+                         _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy))));
+        _mm256_storeu_si256((__m256i *)(bin + start), _mm256_cvtps_epi32(top_o));
+    }
+#endif
+    for (int x = start; x < visible_nc; ++x) {
         gx[x] = (float)((int)mid[x + 1] - (int)mid[x - 1]);
         gy[x] = (float)((int)down[x] - (int)up[x]);
         length[x] = sqrtf(gx[x] * gx[x] + gy[x] * gy[x]);
@@ -72,7 +131,7 @@ static void KERNEL(gradient_row)(const Grey *img, int y, int visible_nc, float *
     }
     for (int o = 0; o < 9; ++o) {
         const float dx = DIR_X[o], dy = DIR_Y[o];
-        for (int x = 1; x < visible_nc; ++x) {
+        for (int x = start; x < visible_nc; ++x) {
             const float dot = gx[x] * dx + gy[x] * dy;
             const int forward = dot > best[x];
             best[x] = forward ? dot : best[x];
