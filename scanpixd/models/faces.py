@@ -14,7 +14,7 @@ is smaller, to at most twice its size counting ``faces.upsample`` doublings, so 
 picture is searched as closely as with one doubling.  Landmarks and encodings are computed
 on the picture itself, never on the enlarged copy.  Several threads may detect at once:
 HOG runs outside the GIL.  The HOG scan is our native one (:mod:`scanpixd.models.hog`: dlib's
-detector and arithmetic, ~3/4 of dlib's CPU) where it is built, else dlib's own, on a
+detector and arithmetic, under 60 % of dlib's CPU) where it is built, else dlib's own, on a
 detector per thread.
 
 Encodings are dlib's: dlib cuts the face chips, and :mod:`scanpixd.models.face_resnet`

@@ -1,8 +1,9 @@
 """dlib's HOG face detector, scanned by our native FHOG code (:mod:`scanpixd.models._fhog`).
 
 dlib's frontal detector is five linear filters over FHOG features, scanned across an image
-pyramid.  Its own scan costs ~250 ms of CPU on a photo at 2048 px, half the full pipeline's
-budget; the native scan does the same arithmetic in a faster layout.  The weights are dlib's:
+pyramid.  Its own scan costs ~280 ms of CPU on a 1024 px picture doubled to 2048 px, over
+half the full pipeline's budget; the native scan does the same arithmetic in a faster layout
+for 55 to 60 % of that.  The weights are dlib's:
 read from the detector dlib saves (``object_detector<scan_fhog_pyramid<pyramid_down<6>>>``
 in dlib's serialization format), split into rank-1 filters as dlib splits them, and the
 answers mapped back as ``fhog_object_detector.run`` maps them, boxes and scores matching
