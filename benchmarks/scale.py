@@ -19,8 +19,9 @@ and MET or MISSED:
   each query, as rclip-style tools do; ``similar:`` latency; grouping the whole library's
   duplicates;
 * the cheap tier's files/s and the full pipeline's photos/s (faces and CLIP ViT-B-32) on
-  the corpus's 7-13 MP phone and camera JPEGs, beside a naive loop (full decode and one
-  exiftool process per file).
+  the corpus's 7-13 MP phone and camera JPEGs, each the median of ``--pipeline-runs`` runs
+  (default 3, all listed), beside a naive loop (full decode and one exiftool process per
+  file).
 
 The machine is shared: the load average is printed, latencies come with the daemon's CPU
 time per query, and throughput with an estimate for two idle cores (files per CPU-second
@@ -449,21 +450,32 @@ def corpus_photos() -> list[Path]:
     return [CORPORA / rel for rel in PHOTOS if (CORPORA / rel).is_file()]
 
 
-def bench_pipeline(report: Report, base: Path, checkpoint: Path, photos: list[Path]) -> None:
+def bench_pipeline(report: Report, base: Path, checkpoint: Path, photos: list[Path], runs: int = 3) -> None:
+    """The two throughputs, each the median of ``runs`` runs on fresh copies (the machine is
+    shared: single runs spread by +-10 %); every run is listed beside it."""
     if not photos:
         print("  corpora not found: pipeline throughput skipped")
         return
-    cheap = _index_copy(base / "cheap", photos, faces=False, clip=None)
     naive = _naive(base / "naive", photos[:8])
-    wall, cpu = cheap
-    rate, idle_rate = len(photos) / wall, len(photos) / (cpu / 2)
+    cheap = [_index_copy(base / f"cheap-{run}", photos, faces=False, clip=None) for run in range(runs)]
+    rate, idle = _median_rates(cheap, len(photos))
     report.add(f"cheap tier, {len(photos)} corpus JPEGs", f"{rate:.1f} files/s", ">= 25 files/s", rate >= 25,
-               f"idle 2-core estimate {idle_rate:.1f}/s; {naive / (wall / len(photos)):.1f}x a naive loop "
-               f"({1 / naive:.1f}/s: full decode, one exiftool per file)")
-    wall, cpu = _index_copy(base / "full", photos, faces=True, clip=checkpoint)
-    rate, idle_rate = len(photos) / wall, len(photos) / (cpu / 2)
+               f"median of {runs} ({_listed(cheap, len(photos), 1)}); idle 2-core estimate {idle:.1f}/s; "
+               f"{naive * rate:.1f}x a naive loop ({1 / naive:.1f}/s: full decode, one exiftool per file)")
+    full = [_index_copy(base / f"full-{run}", photos, faces=True, clip=checkpoint) for run in range(runs)]
+    rate, idle = _median_rates(full, len(photos))
     report.add("full pipeline (faces, CLIP ViT-B-32)", f"{rate:.2f} photos/s", ">= 4 photos/s", rate >= 4,
-               f"idle 2-core estimate {idle_rate:.1f}/s")
+               f"median of {runs} ({_listed(full, len(photos), 2)}); idle 2-core estimate {idle:.2f}/s")
+
+
+def _median_rates(runs: list[tuple[float, float]], count: int) -> tuple[float, float]:
+    """Median files/s of wall time, and of the idle 2-core estimate, over (wall, CPU) runs."""
+    return (statistics.median(count / wall for wall, _ in runs),
+            statistics.median(count / (cpu / 2) for _, cpu in runs))
+
+
+def _listed(runs: list[tuple[float, float]], count: int, digits: int) -> str:
+    return ", ".join(f"{count / wall:.{digits}f}" for wall, _ in runs)
 
 
 def _index_copy(base: Path, photos: list[Path], faces: bool, clip: Path | None) -> tuple[float, float]:
@@ -529,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="ViT-B-32 weights (default: random ones, built once)")
     parser.add_argument("--queries", type=int, default=200, help="text queries to time (default 200)")
+    parser.add_argument("--pipeline-runs", type=int, default=3,
+                        help="runs of each throughput, the median reported (default 3)")
     parser.add_argument("--skip-pipeline", action="store_true",
                         help="leave out the corpus throughput figures")
     args = parser.parse_args(argv)
@@ -551,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         except (ScanpixError, AssertionError) as exc:
             print(f"  daemon figures failed: {exc}")
         if not args.skip_pipeline:
-            bench_pipeline(report, base, checkpoint, corpus_photos())
+            bench_pipeline(report, base, checkpoint, corpus_photos(), max(1, args.pipeline_runs))
         missed = [f.name for f in report.figures if f.met is False]
         print(f"\n{load_average()}; {len(missed)} target(s) missed"
               + (f": {'; '.join(missed)}" if missed else ""))
