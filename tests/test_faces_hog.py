@@ -3,6 +3,7 @@ clear refusals of what it cannot read."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,7 @@ def test_the_rank_one_filters_add_up_to_each_plane_filter(scanner: HogScanner) -
     pairs = bank.pairs.reshape(-1, 20)
     at = 0
     for detector, weights in enumerate(scanner.saved.weights):
-        assert bank.thresholds[detector] == weights[-1]
+        assert bank.biases[detector] == weights[-1]
         for plane in range(PLANES):
             count = int(bank.counts[detector * PLANES + plane])
             rebuilt = sum((np.outer(col, row) for row, col in
@@ -85,7 +86,7 @@ def test_the_rank_one_filters_add_up_to_each_plane_filter(scanner: HogScanner) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("upsample", "adjust", "size"), [(0, -0.6, 640), (1, 0.0, 400)])
+@pytest.mark.parametrize(("upsample", "adjust", "size"), [(0, -0.6, 640), (1, 0.0, 400), (2, -0.3, 200)])
 def test_faces_match_dlib_on_the_face_corpus(dlib_detector: dlib.fhog_object_detector, scanner: HogScanner,
                                              upsample: int, adjust: float, size: int) -> None:
     found = 0
@@ -146,22 +147,48 @@ def test_images_it_cannot_scan_are_refused(scanner: HogScanner) -> None:
         scanner.run(np.zeros((100, 100), dtype=np.float32))
     with pytest.raises(ValueError, match="8-bit grey"):
         scanner.run(np.zeros((100, 100, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="upsample"):
+        scanner.run(np.zeros((100, 100), dtype=np.uint8), upsample=4)
 
 
-def test_the_native_call_checks_its_buffers(scanner: HogScanner) -> None:
+def test_the_native_call_checks_its_arguments(scanner: HogScanner) -> None:
     bank = scanner.bank
     image = bytes(100 * 100)
-    good = (image, 100, 100, 100, 100, 3, 8, 5, 10, 10, bank.pairs, bank.counts, bank.thresholds)
+    good = (image, 100, 100, 1, 3, 8, 5, 10, 10, bank.pairs, bank.counts, bank.biases, 0.0)
     assert _fhog.scan(*good) == []  # a flat grey picture: no window passes
     with pytest.raises(ValueError, match="image"):
         _fhog.scan(bytes(99 * 100), *good[1:])
-    with pytest.raises(ValueError, match="positive"):
-        _fhog.scan(image, 100, -100, *good[3:])
+    for at, value in [(1, -100), (1, 1 << 20), (3, 9), (5, 0), (7, 1 << 30), (8, 685789055), (6, 1 << 20)]:
+        hostile = list(good)
+        hostile[at] = value
+        with pytest.raises(ValueError, match="out of range"):
+            _fhog.scan(*hostile)
+    with pytest.raises(ValueError, match="out of range"):
+        _fhog.scan(*good[:12], float("nan"))
     with pytest.raises(ValueError, match="bank"):
-        _fhog.scan(*good[:10], bank.pairs[:-1], bank.counts, bank.thresholds)
-    with pytest.raises(ValueError, match="thresholds"):
-        _fhog.scan(*good[:12], bank.thresholds[:4])
+        _fhog.scan(*good[:9], bank.pairs[:-1], *good[10:])
+    with pytest.raises(ValueError, match="biases"):
+        _fhog.scan(*good[:11], bank.biases[:4], 0.0)
+    for count in (-1, 11, 1 << 30):  # a count past the filter's rank, or below none
+        counts = bank.counts.copy()
+        counts[0] = count
+        with pytest.raises(ValueError, match="counts"):
+            _fhog.scan(*good[:10], counts, *good[11:])
     assert _fhog.KERNELS in {"avx2+fma", "baseline"}
+
+
+def test_unaligned_buffers_and_needless_levels_are_handled(scanner: HogScanner) -> None:
+    bank, pixels = scanner.bank, grey(corpus() / "examples/obama.jpg", 300)
+    rows, cols = pixels.shape
+    expected = _fhog.scan(pixels.tobytes(), rows, cols, 1, 14, 8, 5, 10, 10, bank.pairs, bank.counts,
+                          bank.biases, -0.5)
+    assert expected
+    shifted = [memoryview(bytearray(b"\0" + bytes(a)))[1:]
+               for a in (pixels.tobytes(), bank.pairs, bank.counts, bank.biases)]
+    assert _fhog.scan(shifted[0], rows, cols, 1, 14, 8, 5, 10, 10, *shifted[1:], -0.5) == expected
+    # levels past the smallest the picture allows find nothing more, and cost nothing
+    assert _fhog.scan(pixels.tobytes(), rows, cols, 1, 1 << 30, 8, 5, 10, 10, bank.pairs, bank.counts,
+                      bank.biases, -0.5) == expected
 
 
 @pytest.mark.parametrize("cut", [0, 1, 5, 17, 40, 1000, -1])
@@ -206,3 +233,13 @@ def test_without_the_native_module_or_a_temporary_folder_dlib_scans(
         patch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
         assert native_scanner(dlib_detector) is None
     assert native_scanner(dlib_detector) is not None
+
+
+def test_detectors_dlib_scans_another_way_are_left_to_dlib(saved_bytes: bytes) -> None:
+    saved = SavedDetector.parse(saved_bytes)
+    with pytest.raises(DetectorFormatError, match="1-pixel cells"):
+        HogScanner(dataclasses.replace(saved, cell_size=1), _fhog)
+    noisy = [np.concatenate([np.random.default_rng(i).normal(size=len(w) - 1), w[-1:]])
+             for i, w in enumerate(saved.weights)]  # full-rank filters: dlib filters them whole
+    with pytest.raises(DetectorFormatError, match="full filters"):
+        HogScanner(dataclasses.replace(saved, weights=noisy), _fhog)

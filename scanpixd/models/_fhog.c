@@ -237,7 +237,8 @@ typedef struct {
     int detectors, filter_nr, filter_nc;
     const float *bank;      /* per detector, per plane: count pairs of (row, col) filters */
     const int32_t *counts;  /* detectors * PLANES */
-    const double *thresholds;
+    const double *biases;   /* per detector: a window counts when its score >= bias + adjust */
+    double adjust;
 } Bank;
 
 typedef struct {
@@ -282,12 +283,12 @@ static int scan_level(const Fhog *feats, const Bank *bank, int level, float *sco
             }
         }
         if (first) continue; /* no filters, or features too small: dlib finds nothing */
-        const double thresh = bank->thresholds[d];
+        const double bias = bank->biases[d], thresh = bias + bank->adjust;
         for (int r = first_row; r < last_row; ++r) {
             const float *line = score + (size_t)r * feats->nc;
             for (int c = first_col; c < last_col; ++c) {
                 if (line[c] >= thresh) {
-                    const Hit hit = {line[c] - thresh, d, level, r, c};
+                    const Hit hit = {line[c] - bias, d, level, r, c};
                     if (!hits_add(hits, hit)) return 0;
                 }
             }
@@ -296,7 +297,6 @@ static int scan_level(const Fhog *feats, const Bank *bank, int level, float *sco
     return 1;
 }
 
-/* The whole pyramid: level 0 is img, each next one 5/6 of the last (dlib's pyramid_down<6>). */
 static int scan_pyramid(Grey *img, int levels, int cell, const Bank *bank, Hits *hits) {
     int ok = 1;
     Grey level_img = *img, next = {0, 0, NULL};
@@ -319,7 +319,8 @@ static int scan_pyramid(Grey *img, int levels, int cell, const Bank *bank, Hits 
             ok = 0;
             break;
         }
-        if (feats.data) {
+        if (!feats.data) break; /* every later level is smaller still: nothing to find */
+        {
             const size_t plane = (size_t)feats.nr * feats.nc;
             float *score = (float *)calloc(plane, sizeof(float));
             float *scratch = (float *)calloc(plane, sizeof(float));
@@ -331,69 +332,120 @@ static int scan_pyramid(Grey *img, int levels, int cell, const Bank *bank, Hits 
     return ok;
 }
 
-static int buffer_of(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return 0;
-    if (view->len != bytes) {
-        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zd", what, view->len, bytes);
-        PyBuffer_Release(view);
-        return 0;
+/* Limits on what scan() accepts: far beyond any detector or picture, small enough that no
+ * size computed from them overflows. */
+#define MAX_SIDE (1 << 16)
+#define MAX_FILTER 64
+#define MAX_CELL 64
+#define MAX_DETECTORS 1024
+#define MAX_UPSAMPLE 3
+
+/* A C-contiguous buffer of exactly `bytes` bytes, copied (so aligned, and safe from other
+ * threads changing it while the GIL is released).  NULL with an exception set otherwise. */
+static void *copied_buffer(PyObject *obj, size_t bytes, const char *what) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if ((size_t)view.len != bytes) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zu", what, view.len, bytes);
+        PyBuffer_Release(&view);
+        return NULL;
     }
-    return 1;
+    void *copy = malloc(bytes ? bytes : 1);
+    if (copy)
+        memcpy(copy, view.buf, bytes);
+    else
+        PyErr_NoMemory();
+    PyBuffer_Release(&view);
+    return copy;
+}
+
+/* dlib's pyramid_up with pyramid_down<2>: the size of rect_up of the image's rectangle. */
+static void upsampled(int *nr, int *nc) {
+    *nr = (int)lround((*nr - 1 + 0.75) * 2) + 1;
+    *nc = (int)lround((*nc - 1 + 1.25) * 2) + 1;
+}
+
+/* The picture doubled `upsample` times as dlib's run() doubles it (rounded to bytes each
+ * time), then its pyramid scanned.  Runs without the GIL. */
+static int scan_upsampled(Grey source, int upsample, int levels, int cell, const Bank *bank, Hits *hits) {
+    Grey current = source;
+    int ok = 1;
+    for (int i = 0; i < upsample && ok; ++i) {
+        Grey bigger;
+        int nr = current.nr, nc = current.nc;
+        upsampled(&nr, &nc);
+        ok = grey_alloc(&bigger, nr, nc) && kernels.resize_bilinear(&current, &bigger);
+        if (current.px != source.px) free(current.px);
+        current = bigger;
+        if (!ok) free(bigger.px);
+    }
+    ok = ok && scan_pyramid(&current, levels, cell, bank, hits);
+    if (ok && current.px != source.px) free(current.px);
+    return ok;
 }
 
 PyDoc_STRVAR(scan_doc,
-    "scan(image, nr, nc, scan_nr, scan_nc, levels, cell, detectors, filter_nr, filter_nc,\n"
-    "     bank, counts, thresholds) -> list of (confidence, detector, level, row, col)\n\n"
-    "image: nr*nc grey bytes, resized to scan_nr*scan_nc first when those differ.\n"
-    "bank: float32 (row, col) filter pairs, per detector per plane; counts: int32 pairs per\n"
-    "detector and plane; thresholds: float64 per detector.");
+    "scan(image, nr, nc, upsample, levels, cell, detectors, filter_nr, filter_nc,\n"
+    "     bank, counts, biases, adjust) -> list of (confidence, detector, level, row, col)\n\n"
+    "image: nr*nc grey bytes, doubled `upsample` times (as dlib's run() does) and scanned over\n"
+    "`levels` pyramid levels.  bank: float32 (row, col) filter pairs, per detector per plane;\n"
+    "counts: int32 pairs per detector and plane; biases: float64 per detector.  A window is\n"
+    "answered when its score reaches bias + adjust; its confidence is score - bias.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *image_obj, *bank_obj, *counts_obj, *thresholds_obj;
-    int nr, nc, scan_nr, scan_nc, levels, cell, detectors, filter_nr, filter_nc;
-    if (!PyArg_ParseTuple(args, "OiiiiiiiiiOOO", &image_obj, &nr, &nc, &scan_nr, &scan_nc, &levels,
-                          &cell, &detectors, &filter_nr, &filter_nc, &bank_obj, &counts_obj,
-                          &thresholds_obj))
+    PyObject *image_obj, *bank_obj, *counts_obj, *biases_obj;
+    int nr, nc, upsample, levels, cell, detectors, filter_nr, filter_nc;
+    double adjust;
+    if (!PyArg_ParseTuple(args, "OiiiiiiiiOOOd", &image_obj, &nr, &nc, &upsample, &levels, &cell,
+                          &detectors, &filter_nr, &filter_nc, &bank_obj, &counts_obj, &biases_obj, &adjust))
         return NULL;
-    if (nr <= 0 || nc <= 0 || scan_nr <= 0 || scan_nc <= 0 || cell <= 0 || detectors <= 0 ||
-        filter_nr <= 0 || filter_nc <= 0 || levels < 0) {
-        PyErr_SetString(PyExc_ValueError, "sizes, cell, detectors and filters must be positive");
+    if (nr <= 0 || nc <= 0 || nr > MAX_SIDE || nc > MAX_SIDE || upsample < 0 || upsample > MAX_UPSAMPLE ||
+        levels < 0 || cell <= 0 || cell > MAX_CELL || detectors <= 0 || detectors > MAX_DETECTORS ||
+        filter_nr <= 0 || filter_nr > MAX_FILTER || filter_nc <= 0 || filter_nc > MAX_FILTER ||
+        !isfinite(adjust)) {
+        PyErr_Format(PyExc_ValueError,
+                     "out of range: sides 1..%d, upsample 0..%d, cell 1..%d, detectors 1..%d, filters "
+                     "1..%d, levels >= 0, a finite adjust", MAX_SIDE, MAX_UPSAMPLE, MAX_CELL, MAX_DETECTORS,
+                     MAX_FILTER);
         return NULL;
     }
-    Py_buffer image, bank_view, counts, thresholds;
-    if (!buffer_of(image_obj, &image, (Py_ssize_t)nr * nc, "image")) return NULL;
-    if (!buffer_of(counts_obj, &counts, (Py_ssize_t)detectors * PLANES * 4, "counts")) {
+    const size_t slots = (size_t)detectors * PLANES;
+    int32_t *counts = (int32_t *)copied_buffer(counts_obj, slots * sizeof(int32_t), "counts");
+    if (!counts) return NULL;
+    size_t pairs = 0;
+    for (size_t i = 0; i < slots; ++i) {
+        if (counts[i] < 0 || counts[i] > (filter_nr < filter_nc ? filter_nr : filter_nc)) {
+            free(counts);
+            PyErr_SetString(PyExc_ValueError, "counts: each between 0 and the filter's smaller side");
+            return NULL;
+        }
+        pairs += (size_t)counts[i];
+    }
+    float *filters = (float *)copied_buffer(bank_obj, pairs * (size_t)(filter_nr + filter_nc) * sizeof(float),
+                                            "bank");
+    double *biases = filters ? (double *)copied_buffer(biases_obj, (size_t)detectors * sizeof(double), "biases")
+                             : NULL;
+    Py_buffer image;
+    int have_image = biases && PyObject_GetBuffer(image_obj, &image, PyBUF_C_CONTIGUOUS) == 0;
+    if (have_image && image.len != (Py_ssize_t)nr * nc) {
+        PyErr_Format(PyExc_ValueError, "image: %zd bytes, expected %d x %d", image.len, nr, nc);
         PyBuffer_Release(&image);
+        have_image = 0;
+    }
+    if (!have_image) {
+        free(counts), free(filters), free(biases);
         return NULL;
     }
-    Py_ssize_t pairs = 0;
-    for (Py_ssize_t i = 0; i < (Py_ssize_t)detectors * PLANES; ++i) {
-        const int32_t count = ((const int32_t *)counts.buf)[i];
-        pairs += count < 0 ? 0 : count;
-    }
-    if (!buffer_of(bank_obj, &bank_view, pairs * (filter_nr + filter_nc) * 4, "bank")) {
-        PyBuffer_Release(&image), PyBuffer_Release(&counts);
-        return NULL;
-    }
-    if (!buffer_of(thresholds_obj, &thresholds, (Py_ssize_t)detectors * 8, "thresholds")) {
-        PyBuffer_Release(&image), PyBuffer_Release(&counts), PyBuffer_Release(&bank_view);
-        return NULL;
-    }
-    const Bank bank = {detectors, filter_nr, filter_nc, (const float *)bank_view.buf,
-                       (const int32_t *)counts.buf, (const double *)thresholds.buf};
+    const Bank bank = {detectors, filter_nr, filter_nc, filters, counts, biases, adjust};
     Hits hits = {NULL, 0, 0};
-    int ok = 1;
+    int ok;
     Py_BEGIN_ALLOW_THREADS
-    Grey source = {nr, nc, (uint8_t *)image.buf}, scanned = source;
-    if (scan_nr != nr || scan_nc != nc) {
-        ok = grey_alloc(&scanned, scan_nr, scan_nc) && kernels.resize_bilinear(&source, &scanned);
-    }
-    ok = ok && scan_pyramid(&scanned, levels, cell, &bank, &hits);
-    if (scanned.px != source.px) free(scanned.px);
+    const Grey source = {nr, nc, (uint8_t *)image.buf};
+    ok = scan_upsampled(source, upsample, levels, cell, &bank, &hits);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&image), PyBuffer_Release(&counts), PyBuffer_Release(&bank_view);
-    PyBuffer_Release(&thresholds);
+    PyBuffer_Release(&image);
+    free(counts), free(filters), free(biases);
     if (!ok) {
         free(hits.items);
         return PyErr_NoMemory();

@@ -228,7 +228,7 @@ class FaceModel(LazyModel):
             with self._infer:
                 found = model.detector(np.asarray(_enlarged(work, scale)), upsample)
             pairs = [(d.rect, float(d.confidence)) for d in found]
-        elif model.scanner is not None:
+        elif model.scanner is not None and upsample <= hog.MAX_UPSAMPLE:
             boxes, scores, _ = model.scanner.run(np.asarray(_enlarged(grey, scale)), upsample, 0.0)
             pairs = [(model.rectangle(*box), s) for box, s in zip(boxes, scores, strict=True)]
         else:

@@ -28,6 +28,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PLANES = 31  # FHOG features per cell
+MAX_UPSAMPLE = 3  # doublings the native scan does (as _fhog.c's limits)
+MAX_FILTER, MAX_DETECTORS = 64, 1024
 _PYRAMID = 6  # pyramid_down<6>: each level is 5/6 of the last
 _DOWN, _UP = (_PYRAMID - 1.0) / _PYRAMID, _PYRAMID / (_PYRAMID - 1.0)  # its ratios, as dlib rounds them
 
@@ -128,7 +130,7 @@ class FilterBank:
     cols: int
     pairs: np.ndarray  # float32: per detector, per plane, per pair: row filter then column filter
     counts: np.ndarray  # int32 [detector * PLANES + plane]: pairs there
-    thresholds: np.ndarray  # float64 per detector: its bias
+    biases: np.ndarray  # float64 per detector: the score a window must reach (before adjusting)
 
     @classmethod
     def build(cls, saved: SavedDetector) -> FilterBank:
@@ -164,28 +166,40 @@ class HogScanner:
     """A saved dlib FHOG detector, run by the native scan; ``run`` answers as dlib's does."""
 
     def __init__(self, saved: SavedDetector, native: Any):
-        self.saved, self.bank, self._native = saved, FilterBank.build(saved), native
+        # dlib scans these with code the native scan does not have: its own FHOG for 1-pixel
+        # cells, and full 2-D filters where rank-1 ones would cost more
+        if saved.cell_size == 1:
+            raise DetectorFormatError("a detector of 1-pixel cells, which dlib scans another way")
+        rows, cols = saved.filter_shape
+        if max(rows, cols) > MAX_FILTER or len(saved.weights) > MAX_DETECTORS:
+            raise DetectorFormatError(f"filters of {rows} x {cols} for {len(saved.weights)} detectors")
+        bank = FilterBank.build(saved)
+        per_detector = bank.counts.reshape(len(saved.weights), PLANES).sum(axis=1)
+        if (per_detector > PLANES * min(rows, cols) / 3.0).any():
+            raise DetectorFormatError("a detector dlib scans with full filters")
+        self.saved, self.bank, self._native = saved, bank, native
 
     def run(self, grey: np.ndarray, upsample: int = 0,
             adjust_threshold: float = 0.0) -> tuple[list[Box], list[float], list[int]]:
         """(boxes, confidences, detector indices), best first, after dlib's non-max suppression."""
         if grey.dtype != np.uint8 or grey.ndim != 2:
             raise ValueError("the scanner reads 8-bit grey images")
+        if not 0 <= upsample <= MAX_UPSAMPLE:
+            raise ValueError(f"upsample must be 0 to {MAX_UPSAMPLE}, not {upsample}")
         image = np.ascontiguousarray(grey)
         rows, cols = image.shape
         if rows == 0 or cols == 0:
             return [], [], []
         scan_rows, scan_cols = rows, cols
-        for _ in range(upsample):
+        for _ in range(upsample):  # dlib doubles once per step, rounding each time
             scan_rows, scan_cols = _upsampled(scan_rows, scan_cols)
         saved, bank = self.saved, self.bank
         hits = self._native.scan(
-            image, rows, cols, scan_rows, scan_cols, self._levels(scan_rows, scan_cols), saved.cell_size,
-            len(saved.weights), bank.rows, bank.cols, bank.pairs, bank.counts,
-            bank.thresholds + adjust_threshold)
-        # dlib's confidence is the score less the detector's bias, whatever the adjustment
-        found = [(above + adjust_threshold, index, self._box(level, row, col, upsample))
-                 for above, index, level, row, col in hits]
+            image, rows, cols, upsample, self._levels(scan_rows, scan_cols), saved.cell_size,
+            len(saved.weights), bank.rows, bank.cols, bank.pairs, bank.counts, bank.biases,
+            adjust_threshold)
+        found = [(confidence, index, self._box(level, row, col, upsample))
+                 for confidence, index, level, row, col in hits]
         kept = _suppress(found, saved.iou_thresh, saved.covered_thresh)
         return [box for _, _, box in kept], [c for c, _, _ in kept], [i for _, i, _ in kept]
 
