@@ -42,6 +42,8 @@ typedef struct {
     float *data; /* PLANES planes of nr * nc */
 } Fhog;
 
+/* 16 bytes of slack past the last row: at extreme enlargements the resize's four-lane loop,
+ * like dlib's, may step up to 3 bytes past a row's end before its bound check stops it. */
 static int grey_alloc(Grey *img, int nr, int nc) {
     img->nr = nr;
     img->nc = nc;
