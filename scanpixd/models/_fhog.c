@@ -322,13 +322,11 @@ static int scan_pyramid(Grey *img, int levels, int cell, const Bank *bank, Hits 
             break;
         }
         if (!feats.data) break; /* every later level is smaller still: nothing to find */
-        {
-            const size_t plane = (size_t)feats.nr * feats.nc;
-            float *score = (float *)calloc(plane, sizeof(float));
-            float *scratch = (float *)calloc(plane, sizeof(float));
-            ok = score && scratch && scan_level(&feats, bank, l, score, scratch, hits);
-            free(score), free(scratch), free(feats.data);
-        }
+        const size_t plane = (size_t)feats.nr * feats.nc;
+        float *score = (float *)calloc(plane, sizeof(float));
+        float *scratch = (float *)calloc(plane, sizeof(float));
+        ok = score && scratch && scan_level(&feats, bank, l, score, scratch, hits);
+        free(score), free(scratch), free(feats.data);
     }
     if (level_img.px != img->px) free(level_img.px);
     return ok;
