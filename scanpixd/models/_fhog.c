@@ -465,6 +465,22 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     return result;
 }
 
+PyDoc_STRVAR(upsampled_size_doc,
+    "upsampled_size(nr, nc, upsample) -> (nr, nc)\n\n"
+    "The size scan() scans a picture of nr x nc at after `upsample` doublings.");
+
+static PyObject *upsampled_size(PyObject *self, PyObject *args) {
+    (void)self;
+    int nr, nc, upsample;
+    if (!PyArg_ParseTuple(args, "iii", &nr, &nc, &upsample)) return NULL;
+    if (nr <= 0 || nc <= 0 || nr > MAX_SIDE || nc > MAX_SIDE || upsample < 0 || upsample > MAX_UPSAMPLE) {
+        PyErr_Format(PyExc_ValueError, "out of range: sides 1..%d, upsample 0..%d", MAX_SIDE, MAX_UPSAMPLE);
+        return NULL;
+    }
+    for (int i = 0; i < upsample; ++i) upsampled(&nr, &nc);
+    return Py_BuildValue("(ii)", nr, nc);
+}
+
 PyDoc_STRVAR(set_kernels_doc,
     "set_kernels(baseline_only: bool) -> str\n\n"
     "Scan with the baseline inner loops only (True) or the fastest this CPU runs (False);\n"
@@ -480,6 +496,7 @@ static PyObject *set_kernels(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"upsampled_size", upsampled_size, METH_VARARGS, upsampled_size_doc},
     {"set_kernels", set_kernels, METH_O, set_kernels_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -190,9 +190,7 @@ class HogScanner:
         rows, cols = image.shape
         if rows == 0 or cols == 0:
             return [], [], []
-        scan_rows, scan_cols = rows, cols
-        for _ in range(upsample):  # dlib doubles once per step, rounding each time
-            scan_rows, scan_cols = _upsampled(scan_rows, scan_cols)
+        scan_rows, scan_cols = self._native.upsampled_size(rows, cols, upsample)
         saved, bank = self.saved, self.bank
         hits = self._native.scan(
             image, rows, cols, upsample, self._levels(scan_rows, scan_cols), saved.cell_size,
@@ -230,12 +228,6 @@ class HogScanner:
             box = [box[0] / 2 - 1.25, box[1] / 2 - 0.75, box[2] / 2 - 1.25, box[3] / 2 - 0.75]
         left_, top_, right_, bottom_ = (_lround(v) for v in box)
         return left_, top_, right_, bottom_
-
-
-def _upsampled(rows: int, cols: int) -> tuple[int, int]:
-    """dlib's pyramid_up with pyramid_down<2>: the size of rect_up(image rectangle)."""
-    right, bottom = (cols - 1 + 1.25) * 2, (rows - 1 + 0.75) * 2
-    return _lround(bottom) + 1, _lround(right) + 1
 
 
 def _fhog_to_image(x: int, y: int, cell: int, pad_rows: int, pad_cols: int) -> tuple[int, int]:
