@@ -25,6 +25,14 @@ Anything changed, added, removed or synced in changes a key, and the pass runs f
 again.  Where a key cannot be known (a file changed within the racy window, a folder
 written since it was listed), nothing is noted, so it is looked at next time.  The note is
 derived data: lost, damaged or stale, it only costs one full pass.
+
+A time pass that writes records leaves them as a second pass would find them (its output
+is never its input), but the folders it wrote have no token until their record files are
+older than the racy window.  So it notes the records it expects instead: the tokens of the
+folders it did not write, and a digest of the listing it left in each one it did.  The next
+look lists only the written folders, and where each one reads back exactly as expected and
+every other token is unchanged, the pass is noted as done without running again (at 100k
+files it costs ~10 s of CPU).
 """
 
 from __future__ import annotations
@@ -207,14 +215,16 @@ class Sweeper:
 
 def _times(folders: list[FolderStore], roots: list[Path], settings: Settings, notes: _Notes,
            listings: _Listings) -> None:
-    if notes.keep_times(_times_signature(folders, roots, settings)):
+    if _times_done(notes, folders, roots, settings, listings.get):
         return
     entries = [(f, name, record) for f in folders for name, record in listings.get(f).items()]
     changed, where = _time_changes(entries, roots, settings)
+    signature = _times_signature(folders, roots, settings)  # of what the pass read
     if changed:
-        _write_times(changed, where)
+        written = _write_times(changed, where)
+        notes.note_times_pending(_expected(signature, changed, where, written, listings.get))
     else:
-        notes.note_times(_times_signature(folders, roots, settings))
+        notes.note_times(signature)
 
 
 # -- the daemon's time pass: the same note, so a restart knows whether it is still due -------
@@ -226,7 +236,10 @@ def times_due(folders: list[FolderStore], roots: list[Path], settings: Settings)
     nothing to change (a pass cut short by a stop or a crash never noted that)."""
     present = _listed(folders)
     notes = _Notes.load(settings.cache_dir, roots)
-    return not notes.keep_times(_times_signature(present, roots, settings))
+    if not _times_done(notes, present, roots, settings, FolderStore.listing):
+        return True
+    notes.save(keep_folders=True)  # a confirmed expectation becomes the note
+    return False
 
 
 def run_times(folders: list[FolderStore], entries: EntriesFn, roots: list[Path],
@@ -237,14 +250,19 @@ def run_times(folders: list[FolderStore], entries: EntriesFn, roots: list[Path],
     present = _listed(folders)
     signature = _times_signature(present, roots, settings)  # taken first, as in _times
     notes = _Notes.load(settings.cache_dir, roots)
-    if notes.keep_times(signature):
+    if _times_done(notes, present, roots, settings, FolderStore.listing):
+        notes.save(keep_folders=True)
         return []
     changed, where = _time_changes(entries(), roots, settings)
+    written: list[Key] = []
     if changed:
-        return _write_times(changed, where)
-    notes.note_times(signature)
+        before = {folder: folder.records(full=False) for folder in {where[key][0] for key in changed}}
+        written = _write_times(changed, where)
+        notes.note_times_pending(_expected(signature, changed, where, written, before.__getitem__))
+    else:
+        notes.note_times(signature)
     notes.save(keep_folders=True)
-    return []
+    return written
 
 
 def _listed(folders: list[FolderStore]) -> list[FolderStore]:
@@ -265,8 +283,77 @@ def _times_signature(folders: list[FolderStore], roots: list[Path], settings: Se
     tokens = sorted((_folder_key(f.folder), f.listing_token()) for f in folders)
     if any(token is None for _, token in tokens):
         return None
+    return [*_times_settings(roots, settings), tokens]
+
+
+def _times_settings(roots: list[Path], settings: Settings) -> list[Any]:
+    """What the time pass reads besides the records."""
     return [settings.time.home_timezone, settings.time.neighbour_window,
-            sorted(os.fsencode(root).hex() for root in roots), _zone_data(), tokens]
+            sorted(os.fsencode(root).hex() for root in roots), _zone_data()]
+
+
+def _times_done(notes: _Notes, folders: list[FolderStore], roots: list[Path], settings: Settings,
+                listing_of: Callable[[FolderStore], dict[str, Record]]) -> bool:
+    """Whether the time pass is noted as done for ``folders`` as they are: by the note of a
+    pass that changed nothing, or by the records a pass that wrote expected to leave."""
+    return notes.keep_times(_times_signature(folders, roots, settings)) \
+        or _as_expected(notes, folders, roots, settings, listing_of)
+
+
+def _expected(signature: list[Any] | None, changed: dict[str, dict], where: dict[str, Key],
+              written: list[Key], listing_of: Callable[[FolderStore], dict[str, Record]]
+              ) -> dict[str, Any] | None:
+    """What the records will be once the pass's writes settle: the tokens of the folders
+    it read but did not write, a digest of each written folder's listing as it left it.
+
+    ``signature`` is of what the pass read, ``listing_of`` a written folder's listing from
+    before the writes.  None when a write did not land (a record changed meanwhile, whose
+    time is then the next pass's), or when what the pass read has no signature.
+    """
+    if signature is None or len(written) != len(changed):
+        return None
+    takens: dict[FolderStore, dict[str, dict]] = {}
+    for key, taken in changed.items():
+        folder, name = where[key]
+        takens.setdefault(folder, {})[name] = taken
+    digests: dict[str, str] = {}
+    for folder, new in takens.items():
+        listing = dict(listing_of(folder))
+        for name, taken in new.items():
+            listing[name] = {**listing[name], "taken": taken}
+        digests[_folder_key(folder.folder)] = _listing_digest(listing)
+    *fixed, tokens = signature
+    return {"settings": _digest("times", fixed),
+            "tokens": {key: token for key, token in tokens if key not in digests},
+            "written": digests}
+
+
+def _as_expected(notes: _Notes, folders: list[FolderStore], roots: list[Path], settings: Settings,
+                 listing_of: Callable[[FolderStore], dict[str, Record]]) -> bool:
+    """Whether ``folders`` hold the records the last pass that wrote expected (then the
+    pass is noted as done): the same settings and folders, every other token unchanged, and
+    each written folder's listing, read again, equal to the one it left."""
+    expected = notes.times_pending
+    if expected is None or expected.get("settings") != _digest("times", _times_settings(roots, settings)):
+        return False
+    tokens, written = expected.get("tokens"), expected.get("written")
+    by_key = {_folder_key(folder.folder): folder for folder in folders}
+    if not isinstance(tokens, dict) or not isinstance(written, dict) \
+            or by_key.keys() != tokens.keys() | written.keys() or tokens.keys() & written.keys():
+        return False
+    if any(by_key[key].listing_token() != token for key, token in tokens.items()):
+        return False
+    for key, digest in written.items():
+        listing = listing_of(by_key[key])
+        if by_key[key].listing_token() is None or _listing_digest(listing) != digest:
+            return False
+    notes.note_times(_times_signature(folders, roots, settings))
+    return True
+
+
+def _listing_digest(listing: dict[str, Record]) -> str:
+    return hashlib.blake2b(orjson.dumps(listing, option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).hexdigest()
 
 
 @functools.cache
@@ -317,6 +404,9 @@ class _Notes:
         self.path = path
         self._old_folders: dict[str, dict[str, str]] = old.get("folders", {})
         self._old_times: str | None = old.get("times")
+        pending = old.get("times_pending")
+        self.times_pending: dict[str, Any] | None = pending if isinstance(pending, dict) else None
+        self._old_pending = self.times_pending
         self._folders: dict[str, dict[str, str]] = {}
         self._times: str | None = None
 
@@ -350,11 +440,17 @@ class _Notes:
         digest = _digest("times", signature)
         if digest is None or digest != self._old_times:
             return False
-        self._times = digest
+        self._times, self.times_pending = digest, None
         return True
 
     def note_times(self, signature: list[Any] | None) -> None:
         self._times = _digest("times", signature)
+        if self._times is not None:  # else an expectation still tells more than nothing
+            self.times_pending = None
+
+    def note_times_pending(self, expected: dict[str, Any] | None) -> None:
+        """The records a pass that wrote expects to leave (see :func:`_expected`)."""
+        self._times, self.times_pending = None, expected
 
     def save(self, keep_folders: bool = False, keep_times: bool = False) -> None:
         """Write the note; ``keep_folders``: the run looked at times alone, so the previous
@@ -364,10 +460,12 @@ class _Notes:
             self._folders = {key: {**old.get(key, {}), **self._folders.get(key, {})}
                              for key in {*old, *self._folders}}
         if keep_times:
-            self._times = self._old_times
-        if self._folders == self._old_folders and self._times == self._old_times:
+            self._times, self.times_pending = self._old_times, self._old_pending
+        if self._folders == self._old_folders and self._times == self._old_times \
+                and self.times_pending == self._old_pending:
             return
-        data = {"format": NOTES_FORMAT, "times": self._times, "folders": self._folders}
+        data = {"format": NOTES_FORMAT, "times": self._times, "times_pending": self.times_pending,
+                "folders": self._folders}
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_bytes(self.path, orjson.dumps(data), durable=False)  # derived data

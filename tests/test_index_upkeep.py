@@ -249,6 +249,70 @@ def test_a_changed_time_setting_reruns_the_time_pass(settings: Settings, lib: Pa
 
 
 @pytest.mark.usefixtures("settled")
+def test_a_time_pass_that_wrote_is_not_repeated(settings: Settings, lib: Path, seen: Seen) -> None:
+    """The first pass writes every record's time; the next run finds them as it left them."""
+    run_passes(settings, lib, seen)
+    assert seen.times == 1
+    assert record_at(settings, lib / "album0" / "IMG_0.jpg")["taken"]["source"] == "unknown"
+    run_passes(settings, lib, seen)
+    assert seen.times == 0
+    run_passes(settings, lib, seen)
+    assert (seen.swept, seen.indexed, seen.times) == ([], [], 0)
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_record_changed_after_the_time_pass_wrote_it_is_seen(
+        settings: Settings, lib: Path, seen: Seen) -> None:
+    run_passes(settings, lib)  # writes every record's time
+    folder = folder_of(settings, lib / "album1")
+    record = folder.read("IMG_4.jpg")
+    assert record is not None
+    record["metadata"]["offset"] = "+02:00"  # as a re-read of the file's metadata would
+    folder.write(record)
+    run_passes(settings, lib, seen)
+    assert seen.times == 1
+    taken = record_at(settings, lib / "album1" / "IMG_4.jpg")["taken"]
+    assert (taken["source"], taken["offset"]) == ("offset-tag", "+02:00")
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_folder_added_after_the_time_pass_wrote_is_seen(
+        settings: Settings, lib: Path, seen: Seen) -> None:
+    run_passes(settings, lib)
+    add_photo(Store(settings), lib / "album9" / "IMG_90.jpg", 90)
+    run_passes(settings, lib, seen)
+    assert seen.times == 1
+    assert record_at(settings, lib / "album9" / "IMG_90.jpg")["taken"]["source"] == "unknown"
+
+
+def test_a_time_pass_that_wrote_is_repeated_while_its_records_are_too_new(
+        settings: Settings, lib: Path, seen: Seen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written within the racy window have no token yet: nothing can be confirmed."""
+    monkeypatch.setattr(record_cache, "RACY_NS", -10**12)
+    run_passes(settings, lib)
+    monkeypatch.setattr(record_cache, "RACY_NS", 10**12)  # every record file is too new
+    run_passes(settings, lib, seen)
+    assert seen.times == 1
+    monkeypatch.setattr(record_cache, "RACY_NS", -10**12)
+    run_passes(settings, lib, seen)
+    assert seen.times == 0
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("damage", [{"settings": 1}, {"tokens": [], "written": "x"}, {"written": {"k": 1}}])
+def test_a_damaged_expectation_only_costs_a_full_pass(
+        settings: Settings, lib: Path, seen: Seen, damage: dict[str, object]) -> None:
+    run_passes(settings, lib)
+    (note,) = (settings.cache_dir / "upkeep").glob("*.json")
+    data = orjson.loads(note.read_bytes())
+    assert data["times"] is None and isinstance(data["times_pending"], dict)
+    data["times_pending"].update(damage)
+    note.write_bytes(orjson.dumps(data))
+    run_passes(settings, lib, seen)
+    assert seen.times == 1
+
+
+@pytest.mark.usefixtures("settled")
 def test_a_damaged_note_only_costs_a_full_pass(settings: Settings, lib: Path, seen: Seen) -> None:
     settle(settings, lib)
     notes = list((settings.cache_dir / "upkeep").glob("*.json"))
