@@ -19,7 +19,8 @@ entry keyed by everything the pass reads:
 - vector index: per folder, the token of its records, the model and the stat keys of the
   index files (a damaged, replaced or deleted index is checked again);
 - times: one signature over every folder's token, the roots, the time settings and the
-  zone data.
+  zone data.  The pass itself lists the ``times`` view of every record (what it reads, a
+  tenth of the slim view: see :func:`scanpixd.store.record_cache.times_view`).
 
 Anything changed, added, removed or synced in changes a key, and the pass runs for it
 again.  Where a key cannot be known (a file changed within the racy window, a folder
@@ -63,6 +64,7 @@ NOTES_FORMAT = 1
 PASSES = {"swept": 1, "index": 1, "times": 1}
 
 ProgressFn = Callable[[str, int, int], None]
+TIMES_VIEW = "times"  # what every time pass lists: see record_cache.times_view
 
 
 def root_of(folder: Path, roots: Iterable[Path]) -> Path | None:
@@ -161,7 +163,7 @@ def finish_passes(folders: Iterable[FolderStore], roots: list[Path], settings: S
         _sweep(folder, notes, listings)
     if progress:
         progress("times", 0, 1)
-    _times(present, roots, settings, notes, listings)
+    _times(present, roots, settings, notes, _Listings(TIMES_VIEW))
     if progress:
         progress("times", 1, 1)
     if model_id is not None:
@@ -171,15 +173,17 @@ def finish_passes(folders: Iterable[FolderStore], roots: list[Path], settings: S
 
 
 class _Listings:
-    """Each folder's listing, read when a pass first needs it (never, when none does)."""
+    """Each folder's listing in one view, read when a pass first needs it (never, when none
+    does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: str = "slim") -> None:
+        self.view = view
         self._read: dict[FolderStore, dict[str, Record]] = {}
 
     def get(self, folder: FolderStore) -> dict[str, Record]:
         found = self._read.get(folder)
-        if found is None:
-            found = self._read[folder] = folder.records(full=False)  # re-read before writing
+        if found is None:  # re-read before writing
+            found = self._read[folder] = folder.records(full=False, view=self.view)
         return found
 
 
@@ -236,7 +240,7 @@ def times_due(folders: list[FolderStore], roots: list[Path], settings: Settings)
     nothing to change (a pass cut short by a stop or a crash never noted that)."""
     present = _listed(folders)
     notes = _Notes.load(settings.cache_dir, roots)
-    if not _times_done(notes, present, roots, settings, FolderStore.listing):
+    if not _times_done(notes, present, roots, settings, _times_listing):
         return True
     notes.save(keep_folders=True)  # a confirmed expectation becomes the note
     return False
@@ -250,19 +254,23 @@ def run_times(folders: list[FolderStore], entries: EntriesFn, roots: list[Path],
     present = _listed(folders)
     signature = _times_signature(present, roots, settings)  # taken first, as in _times
     notes = _Notes.load(settings.cache_dir, roots)
-    if _times_done(notes, present, roots, settings, FolderStore.listing):
+    if _times_done(notes, present, roots, settings, _times_listing):
         notes.save(keep_folders=True)
         return []
     changed, where = _time_changes(entries(), roots, settings)
     written: list[Key] = []
     if changed:
-        before = {folder: folder.records(full=False) for folder in {where[key][0] for key in changed}}
+        before = {folder: _times_listing(folder) for folder in {where[key][0] for key in changed}}
         written = _write_times(changed, where)
         notes.note_times_pending(_expected(signature, changed, where, written, before.__getitem__))
     else:
         notes.note_times(signature)
     notes.save(keep_folders=True)
     return written
+
+
+def _times_listing(folder: FolderStore) -> dict[str, Record]:
+    return folder.listing(TIMES_VIEW)
 
 
 def _listed(folders: list[FolderStore]) -> list[FolderStore]:
