@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,77 @@ def test_lazy_model_unloads_when_idle_but_not_while_in_use():
     while model.state == "ready" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert model.state == "unloaded"
+
+
+class Slow(Counting):
+    """A model whose load waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.finish = threading.Event(), threading.Event()
+
+    def _load(self) -> object:
+        self.started.set()
+        assert self.finish.wait(30)
+        return super()._load()
+
+
+def answered(call: Callable[[], object]) -> tuple[bool, object]:
+    """Whether ``call`` returned within 10 s on another thread (it must not wait for a
+    load), and what it returned."""
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    thread.join(10)
+    return not thread.is_alive(), out[0] if out else None
+
+
+def test_asking_whether_a_model_is_loaded_never_waits_for_its_load():
+    model = Slow()
+    loader = threading.Thread(target=model.load)
+    loader.start()
+    assert model.started.wait(10)
+    assert answered(model.loaded_now) == (True, None)
+    assert model.state == "loading"
+    model.finish.set()
+    loader.join(10)
+    done, loaded = answered(model.loaded_now)
+    assert done and loaded is not None and loaded is model.load()
+    model.unload()
+    assert answered(model.loaded_now) == (True, None)
+
+
+def test_the_status_answers_while_the_clip_model_loads(tiny_clip: TinyClip, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """A first load on a machine takes 10 to 30 s; ``/v1/status`` must not wait for it."""
+    from scanpixd.config import Settings
+    from scanpixd.service import LibraryService
+
+    settings = tiny_clip.apply(Settings(cache_dir=tmp_path / "cache"))
+    service = LibraryService(settings)
+    clip = service.library.clip
+    started, finish = threading.Event(), threading.Event()
+    real_load = clip._load
+
+    def slow_load() -> object:
+        started.set()
+        assert finish.wait(30)
+        return real_load()
+
+    monkeypatch.setattr(clip, "_load", slow_load)
+    loader = threading.Thread(target=lambda: clip.embed_text(["a dog"]))
+    loader.start()
+    try:
+        assert started.wait(10)
+        done, status = answered(service.status)
+        assert done, "the status waited for the model load"
+        assert isinstance(status, dict)
+        model = status["models"]["clip"]
+        assert (model["state"], model["text_tower"]) == ("loading", None)
+    finally:
+        finish.set()
+        loader.join(60)
+    assert service.status()["models"]["clip"]["state"] == "ready"
 
 
 def test_lazy_model_failure_is_sticky_and_says_why():

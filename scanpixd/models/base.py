@@ -56,9 +56,12 @@ class LazyModel(ABC):
         return self._error
 
     def loaded_now(self) -> Any | None:
-        """The model if it is loaded at this moment, else ``None``; never starts a load."""
-        with self._lock:
-            return self._model if self._state == "ready" else None
+        """The model if it is loaded at this moment, else ``None``; never starts a load, and
+        never waits for one: a first load can take half a minute, and status requests ask
+        this.  Read without the lock: a load sets the model before the state, an unload
+        clears it first, so "ready" with no model only ever reads as not loaded."""
+        model = self._model
+        return model if self._state == "ready" and model is not None else None
 
     @property
     def available(self) -> bool:
