@@ -223,12 +223,21 @@ def _times(folders: list[FolderStore], roots: list[Path], settings: Settings, no
         return
     entries = [(f, name, record) for f in folders for name, record in listings.get(f).items()]
     changed, where = _time_changes(entries, roots, settings)
-    signature = _times_signature(folders, roots, settings)  # of what the pass read
-    if changed:
-        written = _write_times(changed, where)
-        notes.note_times_pending(_expected(signature, changed, where, written, listings.get))
-    else:
+    _apply_times(notes, _times_signature(folders, roots, settings), changed, where, listings)
+
+
+def _apply_times(notes: _Notes, signature: list[Any] | None, changed: dict[str, dict],
+                 where: dict[str, Key], listings: _Listings) -> list[Key]:
+    """Write what a pass found changed and note the records it expects to leave, or note
+    that it found nothing; ``signature`` is of what it read.  Returns the records written."""
+    if not changed:
         notes.note_times(signature)
+        return []
+    for folder in {where[key][0] for key in changed}:
+        listings.get(folder)  # as before the writes: what the expectation builds on
+    written = _write_times(changed, where)
+    notes.note_times_pending(_expected(signature, changed, where, written, listings.get))
+    return written
 
 
 # -- the daemon's time pass: the same note, so a restart knows whether it is still due -------
@@ -240,7 +249,7 @@ def times_due(folders: list[FolderStore], roots: list[Path], settings: Settings)
     nothing to change (a pass cut short by a stop or a crash never noted that)."""
     present = _listed(folders)
     notes = _Notes.load(settings.cache_dir, roots)
-    if not _times_done(notes, present, roots, settings, _times_listing):
+    if not _times_done(notes, present, roots, settings, _Listings(TIMES_VIEW).get):
         return True
     notes.save(keep_folders=True)  # a confirmed expectation becomes the note
     return False
@@ -254,23 +263,13 @@ def run_times(folders: list[FolderStore], entries: EntriesFn, roots: list[Path],
     present = _listed(folders)
     signature = _times_signature(present, roots, settings)  # taken first, as in _times
     notes = _Notes.load(settings.cache_dir, roots)
-    if _times_done(notes, present, roots, settings, _times_listing):
-        notes.save(keep_folders=True)
-        return []
-    changed, where = _time_changes(entries(), roots, settings)
+    listings = _Listings(TIMES_VIEW)
     written: list[Key] = []
-    if changed:
-        before = {folder: _times_listing(folder) for folder in {where[key][0] for key in changed}}
-        written = _write_times(changed, where)
-        notes.note_times_pending(_expected(signature, changed, where, written, before.__getitem__))
-    else:
-        notes.note_times(signature)
+    if not _times_done(notes, present, roots, settings, listings.get):
+        changed, where = _time_changes(entries(), roots, settings)
+        written = _apply_times(notes, signature, changed, where, listings)
     notes.save(keep_folders=True)
     return written
-
-
-def _times_listing(folder: FolderStore) -> dict[str, Record]:
-    return folder.listing(TIMES_VIEW)
 
 
 def _listed(folders: list[FolderStore]) -> list[FolderStore]:
