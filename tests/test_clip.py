@@ -81,17 +81,17 @@ def test_lazy_model_unloads_when_idle_but_not_while_in_use():
     assert model.state == "unloaded"
 
 
-class Slow(Counting):
-    """A model whose load waits until the test lets it finish."""
+class HeldLoad:
+    """A model's own load, held open until the test lets it finish."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, load: Callable[[], object]) -> None:
+        self.load = load
         self.started, self.finish = threading.Event(), threading.Event()
 
-    def _load(self) -> object:
+    def __call__(self) -> object:
         self.started.set()
         assert self.finish.wait(30)
-        return super()._load()
+        return self.load()
 
 
 def answered(call: Callable[[], object]) -> tuple[bool, object]:
@@ -104,14 +104,16 @@ def answered(call: Callable[[], object]) -> tuple[bool, object]:
     return not thread.is_alive(), out[0] if out else None
 
 
-def test_asking_whether_a_model_is_loaded_never_waits_for_its_load():
-    model = Slow()
+def test_asking_whether_a_model_is_loaded_never_waits_for_its_load(monkeypatch: pytest.MonkeyPatch):
+    model = Counting()
+    held = HeldLoad(model._load)
+    monkeypatch.setattr(model, "_load", held)
     loader = threading.Thread(target=model.load)
     loader.start()
-    assert model.started.wait(10)
+    assert held.started.wait(10)
     assert answered(model.loaded_now) == (True, None)
     assert model.state == "loading"
-    model.finish.set()
+    held.finish.set()
     loader.join(10)
     done, loaded = answered(model.loaded_now)
     assert done and loaded is not None and loaded is model.load()
@@ -128,26 +130,19 @@ def test_the_status_answers_while_the_clip_model_loads(tiny_clip: TinyClip, tmp_
     settings = tiny_clip.apply(Settings(cache_dir=tmp_path / "cache"))
     service = LibraryService(settings)
     clip = service.library.clip
-    started, finish = threading.Event(), threading.Event()
-    real_load = clip._load
-
-    def slow_load() -> object:
-        started.set()
-        assert finish.wait(30)
-        return real_load()
-
-    monkeypatch.setattr(clip, "_load", slow_load)
+    held = HeldLoad(clip._load)
+    monkeypatch.setattr(clip, "_load", held)
     loader = threading.Thread(target=lambda: clip.embed_text(["a dog"]))
     loader.start()
     try:
-        assert started.wait(10)
+        assert held.started.wait(10)
         done, status = answered(service.status)
         assert done, "the status waited for the model load"
         assert isinstance(status, dict)
         model = status["models"]["clip"]
         assert (model["state"], model["text_tower"]) == ("loading", None)
     finally:
-        finish.set()
+        held.finish.set()
         loader.join(60)
     assert service.status()["models"]["clip"]["state"] == "ready"
 
